@@ -1,0 +1,1 @@
+"""Where and when trials run: storage, workers, executors, job state and the CLI."""
