@@ -1,0 +1,140 @@
+"""Atomic claims: which worker may start the next trial, and when the budget is spent."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import sqlalchemy
+from sqlalchemy import text
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_COUNTS_SQL = text(
+    """
+    SELECT t.state AS state,
+           count(*) AS trials,
+           coalesce(sum(extract(epoch FROM t.datetime_complete - t.datetime_start)), 0) AS seconds,
+           min(t.datetime_start) AS first_start
+    FROM trials t JOIN studies s ON s.study_id = t.study_id
+    WHERE s.study_name = :study_name
+    GROUP BY t.state
+    """
+)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a study may still spend.
+
+    Attributes:
+        n_trials: Exact number of finished trials, or None.
+        gpu_seconds: GPU time for all trials, summed over workers, or None.
+        timeout_s: Wall-clock time since the first trial started, or None.
+        gpus_per_trial: GPUs each trial holds (1 on a machine without GPUs).
+    """
+
+    n_trials: int | None
+    gpu_seconds: float | None = None
+    timeout_s: float | None = None
+    gpus_per_trial: int = 1
+
+
+@dataclass(frozen=True)
+class StudyCounts:
+    """Trials of one study by state, with the time spent by finished ones."""
+
+    complete: int = 0
+    pruned: int = 0
+    failed: int = 0
+    running: int = 0
+    waiting: int = 0
+    finished_seconds: float = 0.0
+    elapsed_s: float = 0.0
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned + self.failed
+
+    @property
+    def mean_trial_s(self) -> float | None:
+        return self.finished_seconds / self.finished if self.finished else None
+
+
+def count_trials(connection: sqlalchemy.Connection, study_name: str) -> StudyCounts:
+    """Count a study's trials by state with one aggregate query."""
+    fields: dict[str, Any] = {}
+    finished_seconds = 0.0
+    first_start = None
+    for row in connection.execute(_COUNTS_SQL, {"study_name": study_name}):
+        key = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed",
+               "RUNNING": "running", "WAITING": "waiting"}[str(row.state)]
+        fields[key] = int(row.trials)
+        if key in ("complete", "pruned", "failed"):
+            finished_seconds += float(row.seconds)
+        if row.first_start is not None and (first_start is None or row.first_start < first_start):
+            first_start = row.first_start
+    # Optuna stores naive local datetimes written by the workers' clocks.
+    elapsed = (datetime.now() - first_start).total_seconds() if first_start is not None else 0.0
+    return StudyCounts(**fields, finished_seconds=finished_seconds, elapsed_s=elapsed)
+
+
+def budget_left(counts: StudyCounts, budget: Budget) -> str | None:
+    """Return why no new trial may start, or None when one may.
+
+    A trial may start when it cannot make the finished count exceed `n_trials`, counting
+    running trials as finished. With a GPU-hour budget, the expected duration of the new
+    trial (the mean of finished ones) must fit in what finished and running trials leave.
+    """
+    if budget.n_trials is not None:
+        if counts.finished + counts.running >= budget.n_trials:
+            return f"n_trials reached ({counts.finished} finished, {counts.running} running)"
+        return None
+    if budget.timeout_s is not None and counts.elapsed_s >= budget.timeout_s:
+        return f"timeout reached ({counts.elapsed_s:.0f} s of {budget.timeout_s:.0f} s)"
+    if budget.gpu_seconds is not None:
+        expected = counts.mean_trial_s
+        if expected is None:
+            # No trial has finished: start, so that no worker waits idle. The overshoot this
+            # allows is at most one trial per worker.
+            return None
+        committed = (counts.finished_seconds + (counts.running + 1) * expected) * budget.gpus_per_trial
+        if committed > budget.gpu_seconds:
+            used_h = counts.finished_seconds * budget.gpus_per_trial / 3600
+            return f"gpu_hours spent ({used_h:.3f} h used, next trial expected {expected:.0f} s)"
+    return None
+
+
+def advisory_key(study_name: str) -> int:
+    """Derive a signed 64-bit advisory lock key from a study name."""
+    digest = hashlib.sha256(f"hpc-tune claim {study_name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def claim(
+    engine: sqlalchemy.Engine,
+    study_name: str,
+    budget: Budget,
+    start_trial: Callable[[], T],
+) -> tuple[T | None, str | None]:
+    """Start a trial if the budget allows, atomically across all workers.
+
+    The transaction holds a PostgreSQL advisory lock on the study while it counts trials and
+    `start_trial` creates the new RUNNING trial, so N workers cannot overshoot `n_trials`.
+
+    Returns:
+        The value of `start_trial()` and None, or None and the reason no trial may start.
+    """
+    with engine.begin() as connection:
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": advisory_key(study_name)})
+        counts = count_trials(connection, study_name)
+        reason = budget_left(counts, budget)
+        if reason is not None:
+            return None, reason
+        return start_trial(), None

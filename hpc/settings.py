@@ -1,0 +1,109 @@
+"""The `hpc:` section of the config and the command-line flags that override it."""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuner.errors import ConfigError
+
+EXECUTORS = ("auto", "local", "slurm")
+OBJECTIVES = ("edsnlp", "synthetic")
+DEFAULTS: dict[str, Any] = {
+    "storage": None,
+    "workers": 2,
+    "executor": "auto",
+    "sweep_name": None,
+    "objective": "edsnlp",
+    "synthetic": {},
+    "keep_models": 1,
+    "slurm": {},
+}
+SWEEP_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class HpcSettings:
+    """Where and how workers run.
+
+    Attributes:
+        storage: SQLAlchemy URL of the PostgreSQL server, or None for the embedded server.
+        workers: Number of worker processes (local) or array tasks (Slurm).
+        executor: `auto`, `local` or `slurm`.
+        sweep_name: Name of the sweep, or None to derive it from the config path.
+        objective: Trial plug-in: `edsnlp` trains for real, `synthetic` sleeps and returns
+            scripted scores (tests and benchmarks).
+        synthetic: Options of the synthetic objective.
+        keep_models: How many of the best trials keep their saved model.
+    """
+
+    storage: str | None
+    workers: int
+    executor: str
+    sweep_name: str | None
+    objective: str
+    synthetic: Mapping[str, Any]
+    keep_models: int
+
+
+def parse_hpc_section(section: Mapping[str, Any], overrides: Mapping[str, Any]) -> HpcSettings:
+    """Validate the `hpc:` section, with command-line overrides applied over it.
+
+    Raises:
+        ConfigError: For an unknown key or an invalid value.
+    """
+    unknown = sorted(set(section) - set(DEFAULTS))
+    if unknown:
+        valid = ", ".join(f"{key} (default {value!r})" for key, value in DEFAULTS.items())
+        raise ConfigError(f"hpc: unknown keys {unknown}. Valid keys: {valid}.")
+    merged = {**DEFAULTS, **dict(section)}
+    merged.update({key: value for key, value in overrides.items() if value is not None})
+
+    workers = merged["workers"]
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"hpc.workers: expected an integer >= 1, got {workers!r}.")
+    if merged["executor"] not in EXECUTORS:
+        raise ConfigError(
+            f"hpc.executor: invalid value {merged['executor']!r}. Use one of {', '.join(EXECUTORS)}."
+        )
+    if merged["objective"] not in OBJECTIVES:
+        raise ConfigError(
+            f"hpc.objective: invalid value {merged['objective']!r}. Use one of {', '.join(OBJECTIVES)}."
+        )
+    name = merged["sweep_name"]
+    if name is not None and not SWEEP_NAME_PATTERN.match(str(name)):
+        raise ConfigError(
+            f"hpc.sweep_name: invalid value {name!r}. Use 1 to 63 letters, digits, '.', '_' or "
+            "'-', starting with a letter or digit."
+        )
+    keep_models = merged["keep_models"]
+    if isinstance(keep_models, bool) or not isinstance(keep_models, int) or keep_models < 0:
+        raise ConfigError(f"hpc.keep_models: expected an integer >= 0, got {keep_models!r}.")
+    if not isinstance(merged["synthetic"], Mapping):
+        raise ConfigError(f"hpc.synthetic: expected a mapping, got {merged['synthetic']!r}.")
+    return HpcSettings(
+        storage=merged["storage"],
+        workers=workers,
+        executor=merged["executor"],
+        sweep_name=None if name is None else str(name),
+        objective=merged["objective"],
+        synthetic=dict(merged["synthetic"]),
+        keep_models=keep_models,
+    )
+
+
+def default_sweep_name(config_path: Path, user: str | None = None) -> str:
+    """Build `<user>-<config stem>-<8 hex of the config's absolute path>`."""
+    user = user or getpass.getuser()
+    digest = hashlib.sha256(str(config_path.resolve()).encode()).hexdigest()[:8]
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", config_path.stem).strip("-") or "config"
+    return f"{_safe(user)}-{stem[:40]}-{digest}"
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "user"

@@ -1,0 +1,132 @@
+"""Storage URLs, engines and Optuna storages on PostgreSQL."""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import re
+from typing import Any
+
+import optuna
+import sqlalchemy
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.pool import NullPool
+
+from tuner.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+STORAGE_ENV = "HPC_TUNE_STORAGE"
+DRIVER = "postgresql+psycopg2"
+
+
+def parse_storage_url(url: str, source: str) -> URL:
+    """Parse and check a PostgreSQL URL given by the user.
+
+    Args:
+        url: The SQLAlchemy URL.
+        source: Where it came from, for messages (`hpc.storage`, `--storage`, ...).
+
+    Raises:
+        ConfigError: When the URL is malformed, not PostgreSQL, or holds a password.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"{source}: invalid storage URL. Expected postgresql+psycopg2://USER@HOST[:PORT]/DATABASE."
+        ) from None
+    if parsed.password is not None:
+        raise ConfigError(
+            f"{source}: the storage URL contains a password ({hide_password(parsed)}). "
+            "Remove it from the URL and put it in ~/.pgpass (mode 0600, line "
+            "HOST:PORT:DATABASE:USER:PASSWORD) or in the file named by PGPASSFILE."
+        )
+    if parsed.get_backend_name() != "postgresql":
+        raise ConfigError(
+            f"{source}: {parsed.get_backend_name()!r} is not supported: hpc-tune keeps studies in "
+            "PostgreSQL. Use postgresql+psycopg2://USER@HOST[:PORT]/DATABASE, or leave the storage "
+            "unset to start the embedded server."
+        )
+    if parsed.get_driver_name() != "psycopg2":
+        # SQLAlchemy 2.1 maps plain postgresql:// to psycopg 3, which is not installed.
+        parsed = parsed.set(drivername=DRIVER)
+    return parsed
+
+
+def hide_password(url: URL | str) -> str:
+    """Render a URL for logs and messages, with any password masked."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    return parsed.render_as_string(hide_password=True)
+
+
+def user_schema(user: str | None = None) -> str:
+    """Name of the schema holding one user's studies in a shared database.
+
+    PostgreSQL 15 no longer lets ordinary roles create tables in `public`, and separate
+    schemas keep users' studies apart.
+    """
+    name = re.sub(r"[^a-z0-9_]", "_", (user or getpass.getuser()).lower())
+    return f"hpc_tune_{name}"[:63]
+
+
+def create_engine(url: URL | str, schema: str) -> sqlalchemy.Engine:
+    """Create an engine that holds no idle connection and works in `schema`.
+
+    NullPool opens a connection per operation, so 128 idle workers hold no connection.
+    """
+    return sqlalchemy.create_engine(
+        url, poolclass=NullPool, connect_args=_connect_args(schema)
+    )
+
+
+def ensure_schema(url: URL | str, schema: str) -> None:
+    """Create the user's schema if needed; only the coordinator calls this."""
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+    finally:
+        engine.dispose()
+
+
+def optuna_storage(url: URL | str, schema: str, create_tables: bool) -> optuna.storages.RDBStorage:
+    """Open Optuna's storage on PostgreSQL in `schema`.
+
+    Args:
+        url: Storage URL.
+        schema: Schema that holds Optuna's tables.
+        create_tables: True in the coordinator only: concurrent first-time schema creation
+            races on PostgreSQL, so workers only load existing tables.
+    """
+    rendered = url.render_as_string(hide_password=False) if isinstance(url, URL) else url
+    engine_kwargs: dict[str, Any] = {"poolclass": NullPool, "connect_args": _connect_args(schema)}
+    return optuna.storages.RDBStorage(
+        rendered, engine_kwargs=engine_kwargs, skip_table_creation=not create_tables
+    )
+
+
+def check_connection(url: URL, source: str) -> None:
+    """Connect once, failing with the URL (no password) and what to check."""
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 10})
+    try:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT 1"))
+    except sqlalchemy.exc.OperationalError as error:
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        raise ConfigError(
+            f"{source}: cannot connect to {hide_password(url)}: {reason}. Check that the server "
+            "runs and accepts this user, and that ~/.pgpass or PGPASSFILE holds the password."
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def _connect_args(schema: str) -> dict[str, Any]:
+    return {"options": f"-c search_path={schema}", "application_name": _application_name()}
+
+
+def _application_name() -> str:
+    return f"hpc-tune pid {os.getpid()}"

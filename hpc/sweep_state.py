@@ -1,0 +1,97 @@
+"""The checkpoint directory: its layout and the sweep's `sweep.json` file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuner.errors import HpcTuneError
+
+PRIVATE_DIR_MODE = 0o700
+SWEEP_FILE = "sweep.json"
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SweepPaths:
+    """Folders and files of one sweep under its checkpoint directory."""
+
+    root: Path
+
+    @property
+    def sweep_file(self) -> Path:
+        return self.root / SWEEP_FILE
+
+    @property
+    def trials_dir(self) -> Path:
+        return self.root / "trials"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.root / "jobs"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def postgres_dir(self) -> Path:
+        return self.root / "postgres"
+
+    def trial_dir(self, number: int) -> Path:
+        return self.trials_dir / f"{number:05d}"
+
+    def create(self) -> None:
+        """Create the folders, private to the user (mode 0700)."""
+        for folder in (self.root, self.trials_dir, self.jobs_dir, self.logs_dir):
+            make_private_dir(folder)
+
+
+def make_private_dir(folder: Path) -> None:
+    """Create `folder` and its missing parents; the folder itself gets mode 0700."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, PRIVATE_DIR_MODE)
+
+
+def study_name(sweep_name: str, phase: int) -> str:
+    return f"{sweep_name}.phase{phase}"
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            json.dump(data, file, indent=2, sort_keys=True)
+            file.write("\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o600)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def read_sweep_state(paths: SweepPaths) -> dict[str, Any] | None:
+    """Return the content of `sweep.json`, or None when the sweep was never started."""
+    if not paths.sweep_file.exists():
+        return None
+    try:
+        state = json.loads(paths.sweep_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise HpcTuneError(
+            f"{paths.sweep_file}: invalid JSON ({error}). The file is written atomically, so it "
+            "was edited by hand: restore it or move the checkpoint directory away to start anew."
+        ) from None
+    if state.get("version") != STATE_VERSION:
+        raise HpcTuneError(
+            f"{paths.sweep_file}: state version {state.get('version')!r}, expected "
+            f"{STATE_VERSION}. It was written by another hpc-tune version."
+        )
+    return state

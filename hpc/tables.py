@@ -1,0 +1,91 @@
+"""hpc-tune's own tables, next to Optuna's in the user's schema."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import sqlalchemy
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, func
+
+metadata = MetaData()
+
+# One row per worker process start: the row id is the worker number that seeds its sampler.
+# Array task ids are not used because requeued and hand-submitted jobs reuse them.
+workers_table = Table(
+    "hpc_workers",
+    metadata,
+    Column("worker_id", Integer, primary_key=True, autoincrement=True),
+    Column("sweep_name", String(128), nullable=False, index=True),
+    Column("phase", Integer, nullable=False),
+    Column("hostname", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("job_id", String(64), nullable=True),
+    Column("started_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
+    Column("ended_at", DateTime(timezone=True), nullable=True),
+    Column("exit_reason", String(255), nullable=True),
+)
+
+
+def create_tables(engine: sqlalchemy.Engine) -> None:
+    """Create the tables if missing; only the coordinator calls this."""
+    metadata.create_all(engine, checkfirst=True)
+
+
+def register_worker(engine: sqlalchemy.Engine, sweep_name: str, phase: int, job_id: str | None) -> int:
+    """Insert a worker row and return its worker number."""
+    with engine.begin() as connection:
+        result = connection.execute(
+            workers_table.insert()
+            .values(
+                sweep_name=sweep_name,
+                phase=phase,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                job_id=job_id,
+            )
+            .returning(workers_table.c.worker_id)
+        )
+        return int(result.scalar_one())
+
+
+def end_worker(engine: sqlalchemy.Engine, worker_id: int, reason: str) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            workers_table.update()
+            .where(workers_table.c.worker_id == worker_id)
+            .values(ended_at=func.now(), exit_reason=reason[:255])
+        )
+
+
+def dead_local_workers(engine: sqlalchemy.Engine, sweep_name: str) -> set[int]:
+    """Return the numbers of this host's unfinished workers whose process no longer exists."""
+    hostname = socket.gethostname()
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sqlalchemy.select(workers_table.c.worker_id, workers_table.c.pid).where(
+                workers_table.c.sweep_name == sweep_name,
+                workers_table.c.hostname == hostname,
+                workers_table.c.ended_at.is_(None),
+            )
+        ).all()
+    return {int(row.worker_id) for row in rows if not _process_exists(int(row.pid))}
+
+
+def mark_ended(engine: sqlalchemy.Engine, worker_ids: set[int], reason: str) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            workers_table.update()
+            .where(workers_table.c.worker_id.in_(sorted(worker_ids)))
+            .values(ended_at=func.now(), exit_reason=reason[:255])
+        )
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
