@@ -1,0 +1,214 @@
+"""The trial host: a fork server that prepares the plug-in once and forks one child per trial.
+
+The worker process talks to the database; the host imports torch and EDS-NLP and resolves the
+config once (about 12 s for EDS-NLP's lazy imports), then forks a child for each trial, so a
+crash, an out-of-memory kill or a NaN fails that trial only. The child writes its messages on
+the host's pipe to the worker while the host waits for it:
+
+    child -> worker: ("score", step, value)   worker -> child: ("continue",) or ("prune",)
+    child -> worker: ("result", value) | ("pruned", step) | ("error", type name, message)
+    host  -> worker: ("ready",) once, then ("exit", trial number, exit code) after each child
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import multiprocessing
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, Callable
+
+from tuner.objectives import ObjectiveSpec, PruneRequested, TrialRequest, build_objective
+
+logger = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
+MAX_MESSAGE_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """How a trial ended.
+
+    Attributes:
+        state: `complete`, `pruned` or `failed`.
+        value: The metric (complete), the last reported score (pruned), or None.
+        error: `ErrorType: message` for a failed trial.
+    """
+
+    state: str
+    value: float | None = None
+    error: str | None = None
+
+
+class HostDied(RuntimeError):
+    """The trial host process ended; the worker starts a new one."""
+
+
+class TrialHost:
+    """Worker-side handle of a trial host process."""
+
+    def __init__(self, spec: ObjectiveSpec, ready_timeout_s: float = 1800) -> None:
+        self.spec = spec
+        self.ready_timeout_s = ready_timeout_s
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.connection: Connection | None = None
+
+    def start(self) -> None:
+        """Start the host and wait until the plug-in is prepared."""
+        context = multiprocessing.get_context("spawn")
+        worker_end, host_end = context.Pipe(duplex=True)
+        self.process = context.Process(
+            target=_host_main, args=(host_end, self.spec), name="hpc-tune-trial-host"
+        )
+        self.process.start()
+        host_end.close()
+        self.connection = worker_end
+        started = time.monotonic()
+        message = self._receive(deadline=started + self.ready_timeout_s)
+        if message[0] == "error":
+            raise HostDied(f"the trial plug-in failed to prepare: {message[1]}: {message[2]}")
+        logger.info("Trial host ready in %.1f s (pid %s).", time.monotonic() - started, self.process.pid)
+
+    def run(self, request: TrialRequest, should_prune: Callable[[int, float], bool]) -> TrialOutcome:
+        """Run one trial in a fresh child of the host and return how it ended."""
+        if self.process is None or not self.process.is_alive():
+            self.start()
+        assert self.connection is not None
+        self.connection.send(("run", request))
+        outcome: TrialOutcome | None = None
+        last_score: float | None = None
+        while True:
+            message = self._receive(deadline=None)
+            kind = message[0]
+            if kind == "score":
+                step, value = message[1], message[2]
+                last_score = value
+                prune = should_prune(step, value)
+                self.connection.send(("prune",) if prune else ("continue",))
+            elif kind == "result":
+                value = message[1]
+                if value is None or not math.isfinite(value):
+                    outcome = TrialOutcome("failed", error=f"ValueError: the metric is {value}")
+                else:
+                    outcome = TrialOutcome("complete", value=float(value))
+            elif kind == "pruned":
+                outcome = TrialOutcome("pruned", value=last_score)
+            elif kind == "error":
+                outcome = TrialOutcome("failed", error=f"{message[1]}: {message[2]}")
+            elif kind == "exit":
+                return outcome or _exit_outcome(message[2])
+
+    def close(self) -> None:
+        """Stop the host; its children die with it (parent-death signal)."""
+        if self.connection is not None:
+            try:
+                self.connection.send(("stop",))
+            except (BrokenPipeError, OSError):
+                pass
+            self.connection.close()
+            self.connection = None
+        if self.process is not None:
+            self.process.join(timeout=10)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join(timeout=10)
+            self.process = None
+
+    def _receive(self, deadline: float | None) -> tuple[Any, ...]:
+        assert self.connection is not None and self.process is not None
+        while True:
+            if self.connection.poll(1.0):
+                try:
+                    return self.connection.recv()
+                except (EOFError, OSError):
+                    break
+            if not self.process.is_alive():
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                self.process.kill()
+                raise HostDied(f"the trial host was not ready after {self.ready_timeout_s:.0f} s")
+        code = self.process.exitcode
+        self.process.join(timeout=5)
+        self.process = None
+        raise HostDied(f"the trial host ended (exit code {code})")
+
+
+def _exit_outcome(exit_code: int | None) -> TrialOutcome:
+    if exit_code is not None and exit_code < 0:
+        name = signal.Signals(-exit_code).name
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        return TrialOutcome("failed", error=f"ProcessKilled: the trial process died from {name}{hint}")
+    return TrialOutcome("failed", error=f"ProcessExited: the trial process exited with code {exit_code}")
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no-op elsewhere)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _ignore_job_signals() -> None:
+    # Slurm signals every process of a job step; the worker alone decides what a signal means.
+    for signum in (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def _host_main(connection: Connection, spec: ObjectiveSpec) -> None:
+    _die_with_parent()
+    _ignore_job_signals()
+    try:
+        objective = build_objective(spec)
+        objective.prepare()
+    except Exception as error:
+        connection.send(("error", type(error).__name__, _short(error)))
+        return
+    connection.send(("ready",))
+    fork = multiprocessing.get_context("fork")
+    while True:
+        try:
+            message = connection.recv()
+        except (EOFError, OSError):
+            return
+        if message[0] != "run":
+            return
+        request: TrialRequest = message[1]
+        child = fork.Process(target=_child_main, args=(connection, objective, request), daemon=True)
+        child.start()
+        child.join()
+        connection.send(("exit", request.number, child.exitcode))
+
+
+def _child_main(connection: Connection, objective: Any, request: TrialRequest) -> None:
+    _die_with_parent()
+
+    def on_score(step: int, value: float) -> None:
+        connection.send(("score", int(step), float(value)))
+        if connection.recv()[0] == "prune":
+            raise PruneRequested(f"pruned at step {step}")
+
+    try:
+        value = objective.run(request, on_score)
+    except PruneRequested as pruned:
+        connection.send(("pruned", str(pruned)))
+        return
+    except BaseException as error:  # a trial must never take its host down
+        sys.stderr.write(f"Trial {request.number} failed:\n{traceback.format_exc()}")
+        connection.send(("error", type(error).__name__, _short(error)))
+        return
+    connection.send(("result", None if value is None else float(value)))
+    sys.stdout.flush()
+
+
+def _short(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS] + " [...]"

@@ -1,0 +1,103 @@
+"""Trial plug-ins: what a worker runs for one trial.
+
+A plug-in is prepared once per worker in a long-lived trial host process (imports, config
+resolution), then each trial runs `run` in a child forked from that host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from confit import Config
+
+from tuner.config import TuningSettings
+from tuner.space import apply_values, set_path
+
+ScoreCallback = Callable[[int, float], None]
+
+
+@dataclass(frozen=True)
+class TrialRequest:
+    """One trial to run.
+
+    Attributes:
+        number: Optuna trial number.
+        values: User-facing hyperparameter values by name.
+        seed: Training seed of the trial.
+        trial_dir: The trial's own training output folder.
+    """
+
+    number: int
+    values: Mapping[str, Any]
+    seed: int
+    trial_dir: str
+
+
+class Objective(Protocol):
+    def prepare(self) -> None:
+        """Pay the per-process costs (imports, first config resolution) once."""
+
+    def run(self, request: TrialRequest, on_score: ScoreCallback) -> float:
+        """Train one trial and return its metric; `on_score` may raise PruneRequested."""
+
+
+class PruneRequested(Exception):
+    """Raised by a score callback to stop a trial that the pruner stopped."""
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """What a trial host needs to build the plug-in; picklable for a spawned process.
+
+    Attributes:
+        kind: `edsnlp` or `synthetic`.
+        config_path: The user's config file.
+        tuning: The validated tuning settings, command-line overrides applied.
+        options: Options of the synthetic objective.
+    """
+
+    kind: str
+    config_path: Path
+    tuning: TuningSettings
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+def build_objective(spec: ObjectiveSpec) -> Objective:
+    if spec.kind == "synthetic":
+        from tuner.synthetic import SyntheticObjective
+
+        return SyntheticObjective(spec.tuning, spec.options)
+    return EdsnlpObjective(spec.config_path, spec.tuning)
+
+
+class EdsnlpObjective:
+    """Train the user's EDS-NLP config with the trial's values."""
+
+    def __init__(self, config_path: Path, tuning: TuningSettings) -> None:
+        self.config = Config.from_yaml_str(Path(config_path).read_text(encoding="utf-8"))
+        self.tuning = tuning
+
+    def prepare(self) -> None:
+        from tuner import training
+
+        training.warm_up(self.config)
+
+    def run(self, request: TrialRequest, on_score: ScoreCallback) -> float:
+        from tuner import training
+
+        config = trial_config(self.config, self.tuning, request)
+        try:
+            return training.train_trial(config, self.tuning.metric_parts, on_score)
+        except training.PruneRequested as error:
+            raise PruneRequested(str(error)) from None
+
+
+def trial_config(config: Any, tuning: TuningSettings, request: TrialRequest) -> Any:
+    """Return the config of one trial: values, training seed and output folder written in."""
+    updated = apply_values(config, tuning.hyperparameters, request.values)
+    set_path(updated, tuning.seed_parts, request.seed, label=f"tuning.seed_path={tuning.seed_path}")
+    set_path(updated, ("train", "output_dir"), request.trial_dir)
+    return updated

@@ -1,0 +1,77 @@
+"""A synthetic trial plug-in: sleeps, reports scripted scores, fails on request.
+
+It imports neither torch nor EDS-NLP, so tests of budgets, scheduling and faults run with
+real workers, a real database and real child processes in seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from tuner.config import TuningSettings
+from tuner.errors import ConfigError, TrialError
+from tuner.objectives import ScoreCallback, TrialRequest
+
+OPTIONS = {
+    "duration_s": 0.2,  # seconds per trial, or [min, max] drawn from the trial seed
+    "steps": 2,  # validations reported per trial
+    "fail_trials": [],  # trial numbers that raise an exception
+    "nan_trials": [],  # trial numbers that return NaN
+    "crash_trials": [],  # trial numbers whose process exits abruptly (os._exit)
+}
+
+
+class SyntheticObjective:
+    """Score = 1 minus the mean squared distance of the normalized values to 0.3."""
+
+    def __init__(self, tuning: TuningSettings, options: Mapping[str, Any]) -> None:
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise ConfigError(f"hpc.synthetic: unknown keys {unknown}. Valid keys: {', '.join(OPTIONS)}.")
+        self.options = {**OPTIONS, **dict(options)}
+        self.tuning = tuning
+
+    def prepare(self) -> None:
+        return None
+
+    def run(self, request: TrialRequest, on_score: ScoreCallback) -> float:
+        number = request.number
+        if number in self.options["crash_trials"]:
+            os._exit(3)
+        duration_s = self._duration_s(request.seed)
+        steps = max(1, int(self.options["steps"]))
+        target = self.score(request.values)
+        for step in range(1, steps + 1):
+            time.sleep(duration_s / steps)
+            on_score(step, target * step / steps)
+        if number in self.options["fail_trials"]:
+            raise TrialError(f"synthetic failure requested for trial {number}")
+        if number in self.options["nan_trials"]:
+            return math.nan
+        return target
+
+    def score(self, values: Mapping[str, Any]) -> float:
+        distances = []
+        for hp in self.tuning.hyperparameters:
+            value = values.get(hp.name)
+            if hp.is_categorical:
+                choices = list(hp.choices or ())
+                position = choices.index(value) / max(1, len(choices) - 1) if value in choices else 0.0
+            else:
+                low, high = float(hp.low), float(hp.high)  # type: ignore[arg-type]
+                if hp.log:
+                    low, high, value = math.log(low), math.log(high), math.log(float(value))
+                position = 0.0 if high == low else (float(value) - low) / (high - low)
+            distances.append((position - 0.3) ** 2)
+        return 1.0 - sum(distances) / max(1, len(distances))
+
+    def _duration_s(self, seed: int) -> float:
+        duration = self.options["duration_s"]
+        if isinstance(duration, (list, tuple)):
+            low, high = float(duration[0]), float(duration[1])
+            return low + (high - low) * ((seed * 2654435761) % 1000) / 999
+        return float(duration)
