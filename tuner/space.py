@@ -131,11 +131,8 @@ def _parse_range(
         raise ConfigError(
             f"{where}.choices: not allowed for type {kind}. Use type categorical for a list."
         )
-    bounds = {}
-    for key in ("low", "high"):
-        value = spec.get(key)
-        bounds[key] = _number(where, key, value, kind, required=True)
-    low, high = bounds["low"], bounds["high"]
+    low = _required_number(where, "low", spec.get("low"), kind)
+    high = _required_number(where, "high", spec.get("high"), kind)
     step = _number(where, "step", spec.get("step"), kind, required=False)
 
     if low > high:
@@ -156,6 +153,12 @@ def _parse_range(
     if kind == "int" and step is None:
         step = 1
     return Hyperparameter(path, parts, name, kind, low=low, high=high, step=step, log=log)
+
+
+def _required_number(where: str, key: str, value: Any, kind: str) -> float | int:
+    number = _number(where, key, value, kind, required=True)
+    assert number is not None  # _number raises for a missing required value
+    return number
 
 
 def _number(where: str, key: str, value: Any, kind: str, required: bool) -> float | int | None:

@@ -63,9 +63,10 @@ class SyntheticObjective:
                 position = choices.index(value) / max(1, len(choices) - 1) if value in choices else 0.0
             else:
                 low, high = float(hp.low), float(hp.high)  # type: ignore[arg-type]
+                number = float(value)  # type: ignore[arg-type]
                 if hp.log:
-                    low, high, value = math.log(low), math.log(high), math.log(float(value))
-                position = 0.0 if high == low else (float(value) - low) / (high - low)
+                    low, high, number = math.log(low), math.log(high), math.log(number)
+                position = 0.0 if high == low else (number - low) / (high - low)
             distances.append((position - 0.3) ** 2)
         return 1.0 - sum(distances) / max(1, len(distances))
 

@@ -1,0 +1,53 @@
+# hpc-tune: run EDS-NLP hyperparameter tuning on Slurm or on this machine.
+#   make sweep [CONFIG=path/to/config.yml] [WORKERS=N] [ARGS="--seed 1 ..."]
+#   make status | make report   (same CONFIG)
+#   make test
+
+PYTHON ?= python3
+VENV ?= .venv
+CONFIG ?= examples/quaero/config.yml
+WORKERS ?=
+ARGS ?=
+PYTEST_ARGS ?=
+TINY_BERT := examples/quaero/models/tiny-bert
+STAMP := $(VENV)/.installed
+
+VENV_PYTHON := $(VENV)/bin/python
+HPC := $(VENV_PYTHON) -m hpc
+WORKERS_FLAG := $(if $(WORKERS),--workers $(WORKERS),)
+
+.PHONY: install sweep status report test lint model clean-example
+
+install: $(STAMP)
+
+# torch is pinned through constraints.txt so that pip takes the CPU wheel of this machine
+# instead of a multi-GB CUDA build; clusters install their own torch build instead.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(VENV_PYTHON) || $(PYTHON) -m venv $(VENV)
+	$(VENV_PYTHON) -m pip install --quiet --upgrade pip setuptools wheel
+	$(VENV_PYTHON) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+model: $(TINY_BERT)/config.json
+
+$(TINY_BERT)/config.json: examples/quaero/make_tiny_bert.py | $(STAMP)
+	$(VENV_PYTHON) examples/quaero/make_tiny_bert.py $(TINY_BERT)
+
+sweep: install model
+	$(HPC) sweep --config $(CONFIG) $(WORKERS_FLAG) $(ARGS)
+
+status: install
+	$(HPC) status --config $(CONFIG) $(ARGS)
+
+report: install
+	$(HPC) report --config $(CONFIG) $(ARGS)
+
+test: install
+	bash scripts/run-tests.sh $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check tuner hpc tests
+	$(VENV)/bin/mypy tuner hpc
+
+clean-example:
+	rm -rf checkpoint/quaero results/quaero

@@ -1,0 +1,147 @@
+"""Command line: `python -m hpc sweep|worker|status|report`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tuner.errors import HpcTuneError
+
+logger = logging.getLogger("hpc")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+QUIET_LOGGERS = ("optuna", "submitit", "httpx", "urllib3")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return int(args.handler(args) or 0)
+    except HpcTuneError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m hpc",
+        description="Run EDS-NLP hyperparameter tuning on Slurm or on this machine.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    sweep = commands.add_parser("sweep", help="create or continue a sweep and run it")
+    _add_config(sweep)
+    sweep.add_argument("--workers", type=int, help="number of workers (hpc.workers)")
+    sweep.add_argument("--executor", choices=("auto", "local", "slurm"), help="hpc.executor")
+    sweep.add_argument(
+        "--storage",
+        help="PostgreSQL URL postgresql+psycopg2://USER@HOST[:PORT]/DB, no password (hpc.storage)",
+    )
+    sweep.add_argument("--seed", type=int, help="sweep seed (tuning.seed)")
+    sweep.add_argument("--n-trials", type=int, help="number of finished trials (tuning.n_trials)")
+    sweep.add_argument(
+        "--skip-preflight", action="store_true", help="do not build the pipeline before launching"
+    )
+    sweep.set_defaults(handler=_sweep)
+
+    worker = commands.add_parser("worker", help="run one worker of a started sweep")
+    worker.add_argument("--sweep-dir", required=True, type=Path, help="the sweep's checkpoint directory")
+    worker.set_defaults(handler=_worker)
+
+    status = commands.add_parser("status", help="show the trials and the best value of a sweep")
+    _add_config(status)
+    status.add_argument("--storage", help="PostgreSQL URL, if the sweep used one")
+    status.set_defaults(handler=_status)
+
+    report = commands.add_parser("report", help="rebuild the report from the database")
+    _add_config(report)
+    report.add_argument("--storage", help="PostgreSQL URL, if the sweep used one")
+    report.set_defaults(handler=_report)
+    return parser
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, type=Path, help="EDS-NLP config with a tuning: section")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from hpc.coordinator import SweepRequest, run_sweep
+
+    request = SweepRequest(
+        config_path=args.config,
+        workers=args.workers,
+        executor=args.executor,
+        storage=args.storage,
+        seed=args.seed,
+        n_trials=args.n_trials,
+        skip_preflight=args.skip_preflight,
+    )
+    return run_sweep(request)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    worker_entry(str(args.sweep_dir))
+    return 0
+
+
+def worker_entry(sweep_dir: str) -> str:
+    """Run one worker of the sweep whose checkpoint directory is `sweep_dir`.
+
+    It is the function submitit's local executor calls and what `python -m hpc worker` runs.
+    """
+    from hpc.sweep_state import SweepPaths, read_sweep_state
+    from hpc.worker import run_worker, spec_from_state
+
+    _configure_logging(verbose=False)
+    paths = SweepPaths(Path(sweep_dir).resolve())
+    state = read_sweep_state(paths)
+    if state is None:
+        raise HpcTuneError(f"No sweep.json in {paths.root}: start the sweep with 'make sweep'.")
+    os.chdir(state["working_dir"])
+    job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_JOB_ID")
+    summary = run_worker(spec_from_state(state, paths, job_id))
+    return f"worker {summary.worker_id}: {summary.trials} trials, {summary.reason}"
+
+
+def _status(args: argparse.Namespace) -> int:
+    from hpc.status import print_status
+
+    return print_status(args.config, args.storage)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from hpc.coordinator import SweepRequest, close_sweep, open_sweep, write_final_report
+
+    request = SweepRequest(config_path=args.config, storage=args.storage)
+    sweep = open_sweep(request, start_embedded=False)
+    try:
+        report_dir = write_final_report(sweep)
+    finally:
+        close_sweep(sweep)
+    print(f"Report: {report_dir}")
+    return 0
+
+
+def _configure_logging(verbose: bool) -> None:
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    import optuna
+
+    # Optuna installs its own handler; its INFO lines repeat what hpc-tune logs.
+    optuna.logging.set_verbosity(logging.DEBUG if verbose else logging.WARNING)
