@@ -15,6 +15,7 @@ from confit import Config
 
 from tuner.config import TuningSettings
 from tuner.space import apply_values, set_path
+from tuner.training import PruneRequested
 
 ScoreCallback = Callable[[int, float], None]
 
@@ -42,10 +43,6 @@ class Objective(Protocol):
 
     def run(self, request: TrialRequest, on_score: ScoreCallback) -> float:
         """Train one trial and return its metric; `on_score` may raise PruneRequested."""
-
-
-class PruneRequested(Exception):
-    """Raised by a score callback to stop a trial that the pruner stopped."""
 
 
 @dataclass(frozen=True)
@@ -89,10 +86,7 @@ class EdsnlpObjective:
         from tuner import training
 
         config = trial_config(self.config, self.tuning, request)
-        try:
-            return training.train_trial(config, self.tuning.metric_parts, on_score)
-        except training.PruneRequested as error:
-            raise PruneRequested(str(error)) from None
+        return training.train_trial(config, self.tuning.metric_parts, on_score)
 
 
 def trial_config(config: Any, tuning: TuningSettings, request: TrialRequest) -> Any:
