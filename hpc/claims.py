@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy
@@ -37,7 +37,7 @@ class Budget:
         n_trials: Exact number of finished trials, or None.
         gpu_seconds: GPU time for all trials, summed over workers, or None.
         timeout_s: Wall-clock time since the first trial started, or None.
-        gpus_per_trial: GPUs each trial holds (1 on a machine without GPUs).
+        gpus_per_trial: GPUs each trial uses (1 on a machine without GPUs).
     """
 
     n_trials: int | None
@@ -73,8 +73,13 @@ def count_trials(connection: sqlalchemy.Connection, study_name: str) -> StudyCou
     finished_seconds = 0.0
     first_start = None
     for row in connection.execute(_COUNTS_SQL, {"study_name": study_name}):
-        key = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed",
-               "RUNNING": "running", "WAITING": "waiting"}[str(row.state)]
+        key = {
+            "COMPLETE": "complete",
+            "PRUNED": "pruned",
+            "FAIL": "failed",
+            "RUNNING": "running",
+            "WAITING": "waiting",
+        }[str(row.state)]
         fields[key] = int(row.trials)
         if key in ("complete", "pruned", "failed"):
             finished_seconds += float(row.seconds)
@@ -104,7 +109,9 @@ def budget_left(counts: StudyCounts, budget: Budget) -> str | None:
             # No trial has finished: start, so that no worker waits idle. The overshoot this
             # allows is at most one trial per worker.
             return None
-        committed = (counts.finished_seconds + (counts.running + 1) * expected) * budget.gpus_per_trial
+        committed = (
+            counts.finished_seconds + (counts.running + 1) * expected
+        ) * budget.gpus_per_trial
         if committed > budget.gpu_seconds:
             used_h = counts.finished_seconds * budget.gpus_per_trial / 3600
             return f"gpu_hours spent ({used_h:.3f} h used, next trial expected {expected:.0f} s)"
@@ -132,7 +139,9 @@ def claim(
         The value of `start_trial()` and None, or None and the reason no trial may start.
     """
     with engine.begin() as connection:
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": advisory_key(study_name)})
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": advisory_key(study_name)}
+        )
         counts = count_trials(connection, study_name)
         reason = budget_left(counts, budget)
         if reason is not None:

@@ -54,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.set_defaults(handler=_sweep)
 
     worker = commands.add_parser("worker", help="run one worker of a started sweep")
-    worker.add_argument("--sweep-dir", required=True, type=Path, help="the sweep's checkpoint directory")
+    worker.add_argument(
+        "--sweep-dir", required=True, type=Path, help="the sweep's checkpoint directory"
+    )
     worker.set_defaults(handler=_worker)
 
     status = commands.add_parser("status", help="show the trials and the best value of a sweep")
@@ -70,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, type=Path, help="EDS-NLP config with a tuning: section")
+    parser.add_argument(
+        "--config", required=True, type=Path, help="EDS-NLP config with a tuning: section"
+    )
 
 
 def _sweep(args: argparse.Namespace) -> int:

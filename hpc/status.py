@@ -40,10 +40,13 @@ def _print_sweep(sweep: Sweep) -> int:
     if tuning.n_trials is not None:
         print(f"Budget:   {counts.finished} of {tuning.n_trials} trials finished")
     elif tuning.gpu_hours is not None:
-        print(f"Budget:   {counts.finished_seconds / 3600:.3f} of {tuning.gpu_hours} GPU-hours spent")
+        print(
+            f"Budget:   {counts.finished_seconds / 3600:.3f} of {tuning.gpu_hours} GPU-hours spent"
+        )
     if counts.complete:
         study = optuna.load_study(
-            study_name=name, storage=optuna_storage(sweep.storage_url, sweep.schema, create_tables=False)
+            study_name=name,
+            storage=optuna_storage(sweep.storage_url, sweep.schema, create_tables=False),
         )
         best = study.best_trial
         print(f"Best:     trial {best.number}, value {best.value}")

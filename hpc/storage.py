@@ -77,9 +77,7 @@ def create_engine(url: URL | str, schema: str) -> sqlalchemy.Engine:
 
     NullPool opens a connection per operation, so 128 idle workers hold no connection.
     """
-    return sqlalchemy.create_engine(
-        url, poolclass=NullPool, connect_args=_connect_args(schema)
-    )
+    return sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=_connect_args(schema))
 
 
 def ensure_schema(url: URL | str, schema: str) -> None:

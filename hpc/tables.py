@@ -32,7 +32,9 @@ def create_tables(engine: sqlalchemy.Engine) -> None:
     metadata.create_all(engine, checkfirst=True)
 
 
-def register_worker(engine: sqlalchemy.Engine, sweep_name: str, phase: int, job_id: str | None) -> int:
+def register_worker(
+    engine: sqlalchemy.Engine, sweep_name: str, phase: int, job_id: str | None
+) -> int:
     """Insert a worker row and return its worker number."""
     with engine.begin() as connection:
         result = connection.execute(

@@ -1,4 +1,4 @@
-"""The worker loop: claim a trial, run it in the trial host, record it, until the budget is spent."""
+"""The worker loop: claim a trial, run it in the trial host, record it, until the budget ends."""
 
 from __future__ import annotations
 
@@ -94,7 +94,9 @@ def run_worker(spec: WorkerSpec) -> WorkerSummary:
     try:
         host.start()
         while True:
-            trial, reason_or_none = claim(engine, spec.study_name, spec.budget, lambda: _ask(study, spec))
+            trial, reason_or_none = claim(
+                engine, spec.study_name, spec.budget, lambda: _ask(study, spec)
+            )
             if trial is None:
                 reason = reason_or_none or "budget spent"
                 break
@@ -149,7 +151,9 @@ def _report(trial: optuna.Trial, step: int, value: float) -> bool:
     return trial.should_prune()
 
 
-def _record(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, duration_s: float) -> None:
+def _record(
+    study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, duration_s: float
+) -> None:
     if outcome.state == "complete":
         study.tell(trial, outcome.value)
         logger.info(
@@ -157,7 +161,9 @@ def _record(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, dur
         )
     elif outcome.state == "pruned":
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        logger.info("Trial %d pruned after %.1f s (last score %s).", trial.number, duration_s, outcome.value)
+        logger.info(
+            "Trial %d pruned after %.1f s (last score %s).", trial.number, duration_s, outcome.value
+        )
     else:
         trial.set_user_attr("error", outcome.error)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)

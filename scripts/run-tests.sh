@@ -18,4 +18,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# Static checks first: they take seconds and catch what the tests would reach late.
+.venv/bin/ruff check tuner hpc tests benchmarks
+.venv/bin/mypy tuner hpc
 .venv/bin/python -m pytest "$@"

@@ -138,7 +138,9 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
             f"{file}: no 'tuning:' section. Add one as in EDS-NLP's tuning tutorial "
             "(output_dir, checkpoint_dir, n_trials, metric, hyperparameters)."
         )
-    tuning_section.update({key: value for key, value in (overrides or {}).items() if value is not None})
+    tuning_section.update(
+        {key: value for key, value in (overrides or {}).items() if value is not None}
+    )
     tuning = parse_tuning(tuning_section)
     check_paths_exist(config, tuning.hyperparameters)
 
@@ -178,7 +180,9 @@ def parse_tuning(section: Mapping[str, Any]) -> TuningSettings:
         metric=_metric(section.get("metric", DEFAULT_METRIC)),
         hyperparameters=tuple(parse_hyperparameters(section["hyperparameters"])),
         pruner=section.get("pruner", "median"),
-        seed=_optional_int(section, "seed", minimum=0) if section.get("seed") is not None else DEFAULT_SEED,  # type: ignore[arg-type]
+        seed=_optional_int(section, "seed", minimum=0)
+        if section.get("seed") is not None
+        else DEFAULT_SEED,  # type: ignore[arg-type]
         seed_path=str(section.get("seed_path") or "train.seed"),
         training_seeds=_seeds(section.get("training_seeds")),
         use_seeds_for_phase_1=section.get("use_seeds_for_phase_1"),
@@ -225,8 +229,10 @@ def parse_duration_s(value: Any) -> float | None:
 
 def _metric(value: Any) -> tuple[str, ...]:
     paths = [value] if isinstance(value, str) else value
-    if not isinstance(paths, (list, tuple)) or not paths or not all(
-        isinstance(path, str) and path for path in paths
+    if (
+        not isinstance(paths, (list, tuple))
+        or not paths
+        or not all(isinstance(path, str) and path for path in paths)
     ):
         raise ConfigError(
             f"tuning.metric: expected a path in the scorer output such as 'ner.micro.f', or a "

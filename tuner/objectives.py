@@ -15,7 +15,6 @@ from confit import Config
 
 from tuner.config import TuningSettings
 from tuner.space import apply_values, set_path
-from tuner.training import PruneRequested
 
 ScoreCallback = Callable[[int, float], None]
 
@@ -47,7 +46,7 @@ class Objective(Protocol):
 
 @dataclass(frozen=True)
 class ObjectiveSpec:
-    """What a trial host needs to build the plug-in; picklable for a spawned process.
+    """Description of a plug-in, picklable so that a spawned trial host can build it.
 
     Attributes:
         kind: `edsnlp` or `synthetic`.

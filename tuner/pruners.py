@@ -34,4 +34,6 @@ def build_pruner(value: Any) -> optuna.pruners.BasePruner:
     try:
         return PRUNERS[value["type"]](**options)
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"tuning.pruner: invalid options for {value['type']!r}: {error}") from None
+        raise ConfigError(
+            f"tuning.pruner: invalid options for {value['type']!r}: {error}"
+        ) from None

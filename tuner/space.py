@@ -58,7 +58,8 @@ def parse_hyperparameters(section: Any) -> list[Hyperparameter]:
         raise ConfigError(
             "tuning.hyperparameters: expected a mapping of config paths to search ranges, "
             f"got {section!r}. Add at least one entry, for example "
-            "'optimizer.groups.\".*\".lr.max_value': {type: float, low: 1e-5, high: 1e-3, log: true}."
+            "'optimizer.groups.\".*\".lr.max_value': "
+            "{type: float, low: 1e-5, high: 1e-3, log: true}."
         )
     hyperparameters = [_parse_one(str(path), spec) for path, spec in section.items()]
 
@@ -164,7 +165,9 @@ def _required_number(where: str, key: str, value: Any, kind: str) -> float | int
 def _number(where: str, key: str, value: Any, kind: str, required: bool) -> float | int | None:
     if value is None:
         if required:
-            raise ConfigError(f"{where}.{key}: missing. A {kind} hyperparameter needs low and high.")
+            raise ConfigError(
+                f"{where}.{key}: missing. A {kind} hyperparameter needs low and high."
+            )
         return None
     if isinstance(value, str):
         try:
@@ -190,7 +193,9 @@ def suggest_values(trial: Any, hyperparameters: Sequence[Hyperparameter]) -> dic
     values: dict[str, Any] = {}
     for hp in hyperparameters:
         if hp.type == "float":
-            values[hp.name] = trial.suggest_float(hp.name, hp.low, hp.high, step=hp.step, log=hp.log)
+            values[hp.name] = trial.suggest_float(
+                hp.name, hp.low, hp.high, step=hp.step, log=hp.log
+            )
         elif hp.type == "int":
             values[hp.name] = trial.suggest_int(hp.name, hp.low, hp.high, step=hp.step, log=hp.log)
         elif hp.type == "categorical":
@@ -201,7 +206,9 @@ def suggest_values(trial: Any, hyperparameters: Sequence[Hyperparameter]) -> dic
     return values
 
 
-def user_values(params: Mapping[str, Any], hyperparameters: Sequence[Hyperparameter]) -> dict[str, Any]:
+def user_values(
+    params: Mapping[str, Any], hyperparameters: Sequence[Hyperparameter]
+) -> dict[str, Any]:
     """Map Optuna's stored params back to user-facing values (ordered categorical indices)."""
     values = dict(params)
     for hp in hyperparameters:
@@ -213,7 +220,7 @@ def user_values(params: Mapping[str, Any], hyperparameters: Sequence[Hyperparame
 def preflight_assignments(hyperparameters: Sequence[Hyperparameter]) -> list[dict[str, Any]]:
     """Return the value sets that preflight builds: all lows, all highs, each choice.
 
-    Categorical hyperparameters take their first choice in the low and high sets; each of their
+    Categorical hyperparameters take their first choice in the low and high sets. Each of their
     other choices gets its own set, with the range hyperparameters at their low value.
     """
     low = {hp.name: hp.low if not hp.is_categorical else hp.choices[0] for hp in hyperparameters}  # type: ignore[index]

@@ -31,7 +31,9 @@ class SyntheticObjective:
     def __init__(self, tuning: TuningSettings, options: Mapping[str, Any]) -> None:
         unknown = sorted(set(options) - set(OPTIONS))
         if unknown:
-            raise ConfigError(f"hpc.synthetic: unknown keys {unknown}. Valid keys: {', '.join(OPTIONS)}.")
+            raise ConfigError(
+                f"hpc.synthetic: unknown keys {unknown}. Valid keys: {', '.join(OPTIONS)}."
+            )
         self.options = {**OPTIONS, **dict(options)}
         self.tuning = tuning
 
@@ -60,7 +62,9 @@ class SyntheticObjective:
             value = values.get(hp.name)
             if hp.is_categorical:
                 choices = list(hp.choices or ())
-                position = choices.index(value) / max(1, len(choices) - 1) if value in choices else 0.0
+                position = (
+                    choices.index(value) / max(1, len(choices) - 1) if value in choices else 0.0
+                )
             else:
                 low, high = float(hp.low), float(hp.high)  # type: ignore[arg-type]
                 number = float(value)  # type: ignore[arg-type]

@@ -122,7 +122,7 @@ def listening_tcp_inodes() -> set[str]:
 
 def socket_inodes(pid: int) -> set[str]:
     links = (os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
-    return {link[len("socket:["):-1] for link in links if link.startswith("socket:[")}
+    return {link[len("socket:[") : -1] for link in links if link.startswith("socket:[")}
 
 
 def test_socket_only_in_private_folder(sweep: tuple[Path, str]) -> None:
@@ -136,7 +136,8 @@ def test_socket_only_in_private_folder(sweep: tuple[Path, str]) -> None:
     with engine.connect() as connection:
         listen = connection.execute(sqlalchemy.text("SHOW listen_addresses")).scalar_one()
         socket_dirs = connection.execute(
-            sqlalchemy.text("SHOW unix_socket_directories")).scalar_one()
+            sqlalchemy.text("SHOW unix_socket_directories")
+        ).scalar_one()
     assert listen == ""
     assert socket_dirs == str(server.socket_dir)
 
@@ -148,8 +149,9 @@ def test_socket_only_in_private_folder(sweep: tuple[Path, str]) -> None:
     assert not listening_tcp_inodes() & server_sockets
 
 
-def call_ensure_running(barrier: threading.Barrier, checkpoint: Path, name: str,
-                        results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def call_ensure_running(
+    barrier: threading.Barrier, checkpoint: Path, name: str, results: multiprocessing.Queue
+) -> None:  # type: ignore[type-arg]
     barrier.wait(timeout=30)
     try:
         results.put(embedded_pg.ensure_running(checkpoint, name).url)
@@ -161,8 +163,10 @@ def test_concurrent_calls_start_one_server(sweep: tuple[Path, str]) -> None:
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(3)
     results = context.Queue()
-    processes = [context.Process(target=call_ensure_running, args=(barrier, *sweep, results))
-                 for _ in range(3)]
+    processes = [
+        context.Process(target=call_ensure_running, args=(barrier, *sweep, results))
+        for _ in range(3)
+    ]
     for process in processes:
         process.start()
     urls = [results.get(timeout=120) for _ in processes]
@@ -178,8 +182,10 @@ def test_concurrent_calls_start_one_server(sweep: tuple[Path, str]) -> None:
 
 def test_concurrent_threads_start_one_server(sweep: tuple[Path, str]) -> None:
     servers: list[embedded_pg.EmbeddedServer] = []
-    threads = [threading.Thread(target=lambda: servers.append(embedded_pg.ensure_running(*sweep)))
-               for _ in range(3)]
+    threads = [
+        threading.Thread(target=lambda: servers.append(embedded_pg.ensure_running(*sweep)))
+        for _ in range(3)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -212,16 +218,22 @@ def test_recovers_after_kill_9(sweep: tuple[Path, str]) -> None:
         assert connection.execute(sqlalchemy.text("SELECT x FROM kept")).scalar_one() == 7
 
 
-def test_restart_waits_for_old_backends(sweep: tuple[Path, str],
-                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_restart_waits_for_old_backends(
+    sweep: tuple[Path, str], caplog: pytest.LogCaptureFixture
+) -> None:
     server = embedded_pg.ensure_running(*sweep)
-    connection = psycopg2.connect(host=str(server.socket_dir), port=5432, user=server.db_user,
-                                  dbname=server.database)
+    connection = psycopg2.connect(
+        host=str(server.socket_dir), port=5432, user=server.db_user, dbname=server.database
+    )
     # A busy loop never waits on a latch, so this backend outlives its killed postmaster by
     # about 2 s and keeps the old shared memory attached.
-    busy = threading.Thread(target=run_ignoring_errors, args=(
-        connection, "DO $$ BEGIN WHILE clock_timestamp() < now() + interval '2 s' LOOP "
-        "END LOOP; END $$"))
+    busy = threading.Thread(
+        target=run_ignoring_errors,
+        args=(
+            connection,
+            "DO $$ BEGIN WHILE clock_timestamp() < now() + interval '2 s' LOOP END LOOP; END $$",
+        ),
+    )
     busy.start()
     time.sleep(0.3)
     os.kill(postmaster_pid(server.data_dir), signal.SIGKILL)

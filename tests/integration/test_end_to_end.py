@@ -55,7 +55,7 @@ def test_example_sweep_writes_report(tmp_path: Path, tiny_bert: Path, database_u
         assert html.stat().st_size < 1_000_000
     best_config = (report / "config.yml").read_text()
     assert "# 🤖 PIPELINE DEFINITION" in best_config
-    assert '"optimizer.groups.\'.*\'.lr.max_value":' in best_config
+    assert "\"optimizer.groups.'.*'.lr.max_value\":" in best_config
 
     trials = sorted((tmp_path / "checkpoint" / "quaero" / "trials").iterdir())
     assert len(trials) == 3
@@ -64,7 +64,9 @@ def test_example_sweep_writes_report(tmp_path: Path, tiny_bert: Path, database_u
     assert len(models) == 1
 
 
-def test_preflight_stops_tutorial_mistakes(tmp_path: Path, tiny_bert: Path, database_url: str) -> None:
+def test_preflight_stops_tutorial_mistakes(
+    tmp_path: Path, tiny_bert: Path, database_url: str
+) -> None:
     config = example_config(tmp_path, tiny_bert, n_trials=2)
     text = config.read_text().replace('"transformer":\n', '"^transformer":\n', 1)
     text = text.replace("optimizer.groups.transformer.", "optimizer.groups.^transformer.")

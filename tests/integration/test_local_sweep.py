@@ -51,7 +51,9 @@ def load_trials(url: str) -> list[optuna.trial.FrozenTrial]:
 
     storage = optuna_storage(url, user_schema(), create_tables=False)
     [summary] = optuna.get_all_study_summaries(storage)
-    return optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(deepcopy=False)
+    return optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(
+        deepcopy=False
+    )
 
 
 @pytest.fixture
@@ -99,7 +101,14 @@ def test_rerun_continues_same_study(sweep_dir: Path, database_url: str) -> None:
     assert "Continuing study" in again.stderr
 
     more = run_hpc(
-        "sweep", "--config", "config.yml", "--storage", database_url, "--n-trials", "10", cwd=sweep_dir
+        "sweep",
+        "--config",
+        "config.yml",
+        "--storage",
+        database_url,
+        "--n-trials",
+        "10",
+        cwd=sweep_dir,
     )
     assert more.returncode == 0, more.stderr[-3000:]
     assert len(load_trials(database_url)) == 10
@@ -125,7 +134,12 @@ def test_checkpoint_dir_private(sweep_dir: Path, database_url: str) -> None:
 
 def test_password_url_rejected_before_anything(sweep_dir: Path) -> None:
     result = run_hpc(
-        "sweep", "--config", "config.yml", "--storage", "postgresql://u:hunter2@127.0.0.1/x", cwd=sweep_dir
+        "sweep",
+        "--config",
+        "config.yml",
+        "--storage",
+        "postgresql://u:hunter2@127.0.0.1/x",
+        cwd=sweep_dir,
     )
     assert result.returncode == 2
     assert "hunter2" not in result.stderr + result.stdout
@@ -141,7 +155,9 @@ def test_embedded_server_without_storage(sweep_dir: Path) -> None:
 
     env_free = {key: value for key, value in os.environ.items() if key != "HPC_TUNE_STORAGE"}
     command = [sys.executable, "-m", "hpc", "sweep", "--config", "config.yml", "--n-trials", "3"]
-    first = subprocess.run(command, cwd=sweep_dir, capture_output=True, text=True, timeout=300, env=env_free)
+    first = subprocess.run(
+        command, cwd=sweep_dir, capture_output=True, text=True, timeout=300, env=env_free
+    )
     state = json.loads((sweep_dir / "checkpoint" / "sweep.json").read_text())
     data_dir = Path(state["embedded"]["data_dir"])
     try:
@@ -149,7 +165,9 @@ def test_embedded_server_without_storage(sweep_dir: Path) -> None:
         assert "@/hpc_tune?host=" in state["storage_url"]
         assert not embedded_pg.is_running(data_dir)
 
-        again = subprocess.run(command, cwd=sweep_dir, capture_output=True, text=True, timeout=300, env=env_free)
+        again = subprocess.run(
+            command, cwd=sweep_dir, capture_output=True, text=True, timeout=300, env=env_free
+        )
         assert again.returncode == 0, again.stderr[-3000:]
         assert "Continuing study" in again.stderr
         assert "Trials finished: 3/3" in again.stdout

@@ -99,7 +99,10 @@ def test_metric_list(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, text)).tuning.metric == ("ner.micro.f", "ner.micro.p")
 
 
-@pytest.mark.parametrize(("value", "seconds"), [(90, 90.0), ("30s", 30.0), ("10m", 600.0), ("1.5h", 5400.0), ("2d", 172800.0)])
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(90, 90.0), ("30s", 30.0), ("10m", 600.0), ("1.5h", 5400.0), ("2d", 172800.0)],
+)
 def test_duration_parsed(value: object, seconds: float) -> None:
     assert parse_duration_s(value) == seconds
 

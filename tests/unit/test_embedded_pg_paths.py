@@ -111,9 +111,14 @@ def test_socket_path_counts_bytes_not_characters() -> None:
 
 
 def select(fs_type: str | None, owner_uid: int) -> Path:
-    return paths.select_data_dir(Path("/home/alice/ckpt"), "alice-cfg-0123abcd",
-                                 fs_type=fs_type, owner_uid=owner_uid, server_uid=1000,
-                                 server_user="alice")
+    return paths.select_data_dir(
+        Path("/home/alice/ckpt"),
+        "alice-cfg-0123abcd",
+        fs_type=fs_type,
+        owner_uid=owner_uid,
+        server_uid=1000,
+        server_user="alice",
+    )
 
 
 def test_data_dir_local_and_owned() -> None:
@@ -129,8 +134,14 @@ def test_data_dir_network_fs_falls_back() -> None:
 
 def test_data_dir_other_owner_falls_back() -> None:
     # Started as root: the checkpoint belongs to root, the server runs as postgres.
-    chosen = paths.select_data_dir(Path("/tmp/ckpt"), "sweep", fs_type="ext4", owner_uid=0,
-                                   server_uid=101, server_user="postgres")
+    chosen = paths.select_data_dir(
+        Path("/tmp/ckpt"),
+        "sweep",
+        fs_type="ext4",
+        owner_uid=0,
+        server_uid=101,
+        server_user="postgres",
+    )
     assert chosen == Path("/var/tmp/hpc-tune-postgres/sweep")
 
 
@@ -155,8 +166,9 @@ def no_system_postgres(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(paths, "PIP_PACKAGES", ())
 
 
-def test_bin_dir_newest_system_version(no_system_postgres: None, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bin_dir_newest_system_version(
+    no_system_postgres: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     make_bin_dir(tmp_path / "lib" / "9.6" / "bin")
     make_bin_dir(tmp_path / "lib" / "10" / "bin")
     make_bin_dir(tmp_path / "lib" / "17" / "bin", names=("pg_ctl",))
@@ -164,8 +176,9 @@ def test_bin_dir_newest_system_version(no_system_postgres: None, tmp_path: Path,
     assert paths.find_bin_dir() == tmp_path / "lib" / "10" / "bin"
 
 
-def test_bin_dir_from_pip_package(no_system_postgres: None, tmp_path: Path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bin_dir_from_pip_package(
+    no_system_postgres: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     package = tmp_path / "site" / "fake_pgserver"
     bin_dir = make_bin_dir(package / "pginstall" / "bin")
     (package / "__init__.py").write_text("")
@@ -197,8 +210,7 @@ def test_pid_file_states(tmp_path: Path) -> None:
     assert read.state == "stale"
     assert read.lines == (str(os.getpid()), "/data")
 
-    finished = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True,
-                              check=True)
+    finished = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
     pid_file.write_text(finished.stdout)
     read = paths.read_pid_file(pid_file)
     assert read is not None

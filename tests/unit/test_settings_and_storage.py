@@ -76,7 +76,9 @@ def test_gpu_budget_uses_mean_duration() -> None:
     assert budget_left(StudyCounts(), budget) is None
     # 2 finished trials of 30 s: 60 s used, one more of 30 s fits, a running one leaves no room.
     assert budget_left(StudyCounts(complete=2, finished_seconds=60.0), budget) is None
-    assert budget_left(StudyCounts(complete=2, running=1, finished_seconds=60.0), budget) is not None
+    assert (
+        budget_left(StudyCounts(complete=2, running=1, finished_seconds=60.0), budget) is not None
+    )
 
 
 def test_advisory_key_is_signed_64_bit() -> None:

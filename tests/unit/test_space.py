@@ -30,7 +30,14 @@ train_data:
 
 def test_quoted_path_kept_whole() -> None:
     [hp] = parse_hyperparameters(
-        {"optimizer.groups.'.*'.lr.max_value": {"type": "float", "low": 1e-6, "high": 1e-3, "log": True}}
+        {
+            "optimizer.groups.'.*'.lr.max_value": {
+                "type": "float",
+                "low": 1e-6,
+                "high": 1e-3,
+                "log": True,
+            }
+        }
     )
     assert hp.parts == ("optimizer", "groups", ".*", "lr", "max_value")
     assert hp.name == "optimizer.groups.'.*'.lr.max_value"
@@ -64,7 +71,9 @@ def test_invalid_entry_rejected(spec: dict, expected: str) -> None:
 
 def test_string_bounds_parsed() -> None:
     # YAML 1.1 loaders read 1e-6 (no dot) as a string.
-    [hp] = parse_hyperparameters({"a.b": {"type": "float", "low": "1e-6", "high": "1e-3", "log": True}})
+    [hp] = parse_hyperparameters(
+        {"a.b": {"type": "float", "low": "1e-6", "high": "1e-3", "log": True}}
+    )
     assert hp.low == pytest.approx(1e-6)
 
 
@@ -82,8 +91,17 @@ def test_apply_values_copies_config() -> None:
     config = Config.from_yaml_str(CONFIG)
     hps = parse_hyperparameters(
         {
-            "optimizer.groups.'.*'.lr.max_value": {"alias": "lr", "type": "float", "low": 1e-5, "high": 1e-3},
-            "train_data.0.batch_size": {"alias": "bs", "type": "categorical", "choices": ["256 tokens"]},
+            "optimizer.groups.'.*'.lr.max_value": {
+                "alias": "lr",
+                "type": "float",
+                "low": 1e-5,
+                "high": 1e-3,
+            },
+            "train_data.0.batch_size": {
+                "alias": "bs",
+                "type": "categorical",
+                "choices": ["256 tokens"],
+            },
         }
     )
     updated = apply_values(config, hps, {"lr": 5e-4, "bs": "256 tokens"})
@@ -104,7 +122,9 @@ def test_missing_intermediate_key_named() -> None:
 
 def test_list_index_out_of_range() -> None:
     config = Config.from_yaml_str(CONFIG)
-    hps = parse_hyperparameters({"train_data.3.batch_size": {"type": "categorical", "choices": [1]}})
+    hps = parse_hyperparameters(
+        {"train_data.3.batch_size": {"type": "categorical", "choices": [1]}}
+    )
     with pytest.raises(ConfigError, match="list of 1 items"):
         apply_values(config, hps, {hps[0].name: 1})
 
