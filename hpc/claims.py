@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import sqlalchemy
 from sqlalchemy import text
@@ -19,14 +19,27 @@ T = TypeVar("T")
 _COUNTS_SQL = text(
     """
     SELECT t.state AS state,
+           (retry.trial_id IS NOT NULL) AS retried,
            count(*) AS trials,
            coalesce(sum(extract(epoch FROM t.datetime_complete - t.datetime_start)), 0) AS seconds,
            min(t.datetime_start) AS first_start
-    FROM trials t JOIN studies s ON s.study_id = t.study_id
+    FROM trials t
+    JOIN studies s ON s.study_id = t.study_id
+    LEFT JOIN trial_user_attributes retry
+        ON retry.trial_id = t.trial_id AND retry.key = 'retried_as'
     WHERE s.study_name = :study_name
-    GROUP BY t.state
+    GROUP BY t.state, retried
     """
 )
+
+
+STATE_FIELDS = {
+    "COMPLETE": "complete",
+    "PRUNED": "pruned",
+    "FAIL": "failed",
+    "RUNNING": "running",
+    "WAITING": "waiting",
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,7 @@ class StudyCounts:
     failed: int = 0
     running: int = 0
     waiting: int = 0
+    retried: int = 0
     finished_seconds: float = 0.0
     elapsed_s: float = 0.0
 
@@ -68,19 +82,18 @@ class StudyCounts:
 
 
 def count_trials(connection: sqlalchemy.Connection, study_name: str) -> StudyCounts:
-    """Count a study's trials by state with one aggregate query."""
-    fields: dict[str, Any] = {}
+    """Count a study's trials by state with one aggregate query.
+
+    A failed trial queued again is counted as `retried`, not as finished.
+    """
+    fields: dict[str, int] = {}
     finished_seconds = 0.0
     first_start = None
     for row in connection.execute(_COUNTS_SQL, {"study_name": study_name}):
-        key = {
-            "COMPLETE": "complete",
-            "PRUNED": "pruned",
-            "FAIL": "failed",
-            "RUNNING": "running",
-            "WAITING": "waiting",
-        }[str(row.state)]
-        fields[key] = int(row.trials)
+        key = STATE_FIELDS[str(row.state)]
+        if key == "failed" and row.retried:
+            key = "retried"
+        fields[key] = fields.get(key, 0) + int(row.trials)
         if key in ("complete", "pruned", "failed"):
             finished_seconds += float(row.seconds)
         if row.first_start is not None and (first_start is None or row.first_start < first_start):
@@ -94,7 +107,8 @@ def budget_left(counts: StudyCounts, budget: Budget) -> str | None:
     """Return why no new trial may start, or None when one may.
 
     A trial may start when it cannot make the finished count exceed `n_trials`, counting
-    running trials as finished. With a GPU-hour budget, the expected duration of the new
+    running trials as finished. Waiting trials (retries) start first, since Optuna's `ask`
+    takes them before sampling. With a GPU-hour budget, the expected duration of the new
     trial (the mean of finished ones) must fit in what finished and running trials leave.
     """
     if budget.n_trials is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,8 @@ QUIET_LOGGERS = ("optuna", "submitit", "httpx", "urllib3")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    # Trial outputs, logs and reports may hold patient text: private to the user by default.
+    os.umask(0o077)
     _configure_logging(args.verbose)
     try:
         return int(args.handler(args) or 0)
@@ -78,7 +81,8 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from hpc.coordinator import SweepRequest, run_sweep
+    from hpc.coordinator import run_sweep
+    from hpc.sweep import SweepRequest
 
     request = SweepRequest(
         config_path=args.config,
@@ -106,6 +110,9 @@ def worker_entry(sweep_dir: str) -> str:
     from hpc.worker import run_worker, spec_from_state
 
     _configure_logging(verbose=False)
+    # The coordinator owns Ctrl-C: it stops the workers and queues their trials again.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.umask(0o077)
     paths = SweepPaths(Path(sweep_dir).resolve())
     state = read_sweep_state(paths)
     if state is None:
@@ -123,14 +130,16 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from hpc.coordinator import SweepRequest, close_sweep, open_sweep, write_final_report
+    from hpc.coordinator import write_final_report
+    from hpc.sweep import SweepRequest, close_storage, load_sweep, open_storage
 
     request = SweepRequest(config_path=args.config, storage=args.storage)
-    sweep = open_sweep(request, start_embedded=False)
+    sweep = load_sweep(request, use_recorded_overrides=True)
+    storage = open_storage(sweep, request, create=False)
     try:
-        report_dir = write_final_report(sweep)
+        report_dir = write_final_report(sweep, storage)
     finally:
-        close_sweep(sweep)
+        close_storage(storage)
     print(f"Report: {report_dir}")
     return 0
 

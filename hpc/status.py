@@ -7,51 +7,50 @@ from pathlib import Path
 import optuna
 
 from hpc.claims import count_trials
-from hpc.coordinator import PHASE, Sweep, SweepRequest, close_sweep, open_sweep
 from hpc.storage import create_engine, hide_password, optuna_storage
-from hpc.sweep_state import study_name
+from hpc.sweep import PHASE, Storage, Sweep, SweepRequest, close_storage, load_sweep, open_storage
 from tuner.space import user_values
 
 
-def print_status(config_path: Path, storage: str | None) -> int:
+def print_status(config_path: Path, storage_url: str | None) -> int:
     """Print one screen about the sweep of `config_path`; return the exit code."""
-    sweep = open_sweep(SweepRequest(config_path=config_path, storage=storage), start_embedded=False)
+    request = SweepRequest(config_path=config_path, storage=storage_url)
+    sweep = load_sweep(request, use_recorded_overrides=True)
+    storage = open_storage(sweep, request, create=False)
     try:
-        return _print_sweep(sweep)
+        return _print_sweep(sweep, storage)
     finally:
-        close_sweep(sweep)
+        close_storage(storage)
 
 
-def _print_sweep(sweep: Sweep) -> int:
-    name = study_name(sweep.name, PHASE)
-    engine = create_engine(sweep.storage_url, sweep.schema)
+def _print_sweep(sweep: Sweep, storage: Storage) -> int:
+    engine = create_engine(storage.url, storage.schema)
     try:
         with engine.connect() as connection:
-            counts = count_trials(connection, name)
+            counts = count_trials(connection, sweep.study_name)
     finally:
         engine.dispose()
     tuning = sweep.loaded.tuning
-    print(f"Sweep:    {sweep.name} (phase {PHASE}, study {name})")
-    print(f"Storage:  {hide_password(sweep.storage_url)}")
+    print(f"Sweep:    {sweep.name} (phase {PHASE}, study {sweep.study_name})")
+    print(f"Storage:  {hide_password(storage.url)}")
     print(
         f"Trials:   complete {counts.complete}, pruned {counts.pruned}, failed {counts.failed}, "
-        f"running {counts.running}, waiting {counts.waiting}"
+        f"running {counts.running}, waiting {counts.waiting}, retried {counts.retried}"
     )
     if tuning.n_trials is not None:
         print(f"Budget:   {counts.finished} of {tuning.n_trials} trials finished")
     elif tuning.gpu_hours is not None:
-        print(
-            f"Budget:   {counts.finished_seconds / 3600:.3f} of {tuning.gpu_hours} GPU-hours spent"
-        )
-    if counts.complete:
-        study = optuna.load_study(
-            study_name=name,
-            storage=optuna_storage(sweep.storage_url, sweep.schema, create_tables=False),
-        )
-        best = study.best_trial
-        print(f"Best:     trial {best.number}, value {best.value}")
-        for param, value in user_values(best.params, tuning.hyperparameters).items():
-            print(f"          {param}: {value}")
-    else:
+        used_h = counts.finished_seconds / 3600
+        print(f"Budget:   {used_h:.3f} of {tuning.gpu_hours} GPU-hours spent")
+    if not counts.complete:
         print("Best:     no complete trial yet")
+        return 0
+    study = optuna.load_study(
+        study_name=sweep.study_name,
+        storage=optuna_storage(storage.url, storage.schema, create_tables=False),
+    )
+    best = study.best_trial
+    print(f"Best:     trial {best.number}, value {best.value}")
+    for param, value in user_values(best.params, tuning.hyperparameters).items():
+        print(f"          {param}: {value}")
     return 0

@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 
 STORAGE_ENV = "HPC_TUNE_STORAGE"
 DRIVER = "postgresql+psycopg2"
+# libpq connection parameters that carry a secret when put in a URL's query.
+SECRET_QUERY_KEYS = ("password", "passfile", "sslpassword")
 
 
 def parse_storage_url(url: str, source: str) -> URL:
@@ -38,11 +40,17 @@ def parse_storage_url(url: str, source: str) -> URL:
         raise ConfigError(
             f"{source}: invalid storage URL. Expected postgresql+psycopg2://USER@HOST[:PORT]/DATABASE."
         ) from None
-    if parsed.password is not None:
+    if parsed.password == "":
+        parsed = parsed._replace(password=None)  # URL is a named tuple; set() keeps ""
+    secret_keys = sorted(key for key in parsed.query if key.lower() in SECRET_QUERY_KEYS)
+    if parsed.password is not None or secret_keys:
+        where = "a password" if parsed.password is not None else f"the parameter {secret_keys[0]}"
+        shown = hide_password(parsed.difference_update_query(secret_keys))
         raise ConfigError(
-            f"{source}: the storage URL contains a password ({hide_password(parsed)}). "
-            "Remove it from the URL and put it in ~/.pgpass (mode 0600, line "
-            "HOST:PORT:DATABASE:USER:PASSWORD) or in the file named by PGPASSFILE."
+            f"{source}: the storage URL contains {where} ({shown}). Remove it from the URL and "
+            "put the password in ~/.pgpass (mode 0600, line HOST:PORT:DATABASE:USER:PASSWORD), "
+            "in the file named by PGPASSFILE, or in PGPASSWORD on the machine where you run "
+            "hpc-tune."
         )
     if parsed.get_backend_name() != "postgresql":
         raise ConfigError(

@@ -35,10 +35,6 @@ class SweepPaths:
         return self.root / "jobs"
 
     @property
-    def logs_dir(self) -> Path:
-        return self.root / "logs"
-
-    @property
     def postgres_dir(self) -> Path:
         return self.root / "postgres"
 
@@ -47,7 +43,7 @@ class SweepPaths:
 
     def create(self) -> None:
         """Create the folders, private to the user (mode 0700)."""
-        for folder in (self.root, self.trials_dir, self.jobs_dir, self.logs_dir):
+        for folder in (self.root, self.trials_dir, self.jobs_dir):
             make_private_dir(folder)
 
 

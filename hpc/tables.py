@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import sqlalchemy
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, func
@@ -62,16 +63,26 @@ def end_worker(engine: sqlalchemy.Engine, worker_id: int, reason: str) -> None:
 
 def dead_local_workers(engine: sqlalchemy.Engine, sweep_name: str) -> set[int]:
     """Return the numbers of this host's unfinished workers whose process no longer exists."""
-    hostname = socket.gethostname()
+    workers = _unfinished_local_workers(engine, sweep_name)
+    return {worker_id for worker_id, pid in workers.items() if not _process_exists(pid)}
+
+
+def live_local_workers(engine: sqlalchemy.Engine, sweep_name: str) -> dict[int, int]:
+    """Return worker number to pid for this host's unfinished workers that are alive."""
+    workers = _unfinished_local_workers(engine, sweep_name)
+    return {worker_id: pid for worker_id, pid in workers.items() if _process_exists(pid)}
+
+
+def _unfinished_local_workers(engine: sqlalchemy.Engine, sweep_name: str) -> dict[int, int]:
     with engine.connect() as connection:
         rows = connection.execute(
             sqlalchemy.select(workers_table.c.worker_id, workers_table.c.pid).where(
                 workers_table.c.sweep_name == sweep_name,
-                workers_table.c.hostname == hostname,
+                workers_table.c.hostname == socket.gethostname(),
                 workers_table.c.ended_at.is_(None),
             )
         ).all()
-    return {int(row.worker_id) for row in rows if not _process_exists(int(row.pid))}
+    return {int(row.worker_id): int(row.pid) for row in rows}
 
 
 def mark_ended(engine: sqlalchemy.Engine, worker_ids: set[int], reason: str) -> None:
@@ -84,10 +95,16 @@ def mark_ended(engine: sqlalchemy.Engine, worker_ids: set[int], reason: str) -> 
 
 
 def _process_exists(pid: int) -> bool:
+    """Return whether `pid` is a live process; a zombie, killed but not yet reaped, is not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no procfs: trust the signal check
+    state = stat.rsplit(")", 1)[-1].split()[0]
+    return state not in ("Z", "X")

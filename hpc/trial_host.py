@@ -2,8 +2,8 @@
 
 The worker process alone talks to the database. The host imports torch and EDS-NLP and
 resolves the config once (7 s for the QUAERO example on 2 cores), then forks a child for each
-trial, so a crash, an out-of-memory kill or a NaN fails that trial only. The child writes its messages on
-the host's pipe to the worker while the host waits for it:
+trial, so a crash, an out-of-memory kill or a NaN fails that trial only. The child writes its
+messages on the host's pipe to the worker while the host waits for it:
 
     child -> worker: ("score", step, value)   worker -> child: ("continue",) or ("prune",)
     child -> worker: ("result", value) | ("pruned", step) | ("error", type name, message)
@@ -16,6 +16,7 @@ import ctypes
 import logging
 import math
 import multiprocessing
+import os
 import signal
 import sys
 import time
@@ -23,6 +24,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from tuner.objectives import ObjectiveSpec, TrialRequest, build_objective
@@ -32,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 MAX_MESSAGE_CHARS = 2000
+TRIAL_LOG = "trial.log"
 
 
 @dataclass(frozen=True)
@@ -192,7 +195,8 @@ def _host_main(connection: Connection, spec: ObjectiveSpec) -> None:
         if message[0] != "run":
             return
         request: TrialRequest = message[1]
-        child = fork.Process(target=_child_main, args=(connection, objective, request), daemon=True)
+        # Not a daemon: EDS-NLP's data loader workers are children of the trial process.
+        child = fork.Process(target=_child_main, args=(connection, objective, request))
         child.start()
         child.join()
         connection.send(("exit", request.number, child.exitcode))
@@ -200,6 +204,7 @@ def _host_main(connection: Connection, spec: ObjectiveSpec) -> None:
 
 def _child_main(connection: Connection, objective: Any, request: TrialRequest) -> None:
     _die_with_parent()
+    _redirect_output(Path(request.trial_dir) / TRIAL_LOG)
 
     def on_score(step: int, value: float) -> None:
         connection.send(("score", int(step), float(value)))
@@ -217,6 +222,17 @@ def _child_main(connection: Connection, objective: Any, request: TrialRequest) -
         return
     connection.send(("result", None if value is None else float(value)))
     sys.stdout.flush()
+
+
+def _redirect_output(log_path: Path) -> None:
+    """Send the trial's standard output and error, training logs included, to its own file."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(descriptor, 1)
+    os.dup2(descriptor, 2)
+    os.close(descriptor)
 
 
 def _short(error: BaseException) -> str:

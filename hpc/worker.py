@@ -16,7 +16,7 @@ from hpc import tables
 from hpc.claims import Budget, claim
 from hpc.storage import create_engine, optuna_storage
 from hpc.sweep_state import SweepPaths
-from hpc.trial_host import HostDied, TrialHost, TrialOutcome
+from hpc.trial_host import TRIAL_LOG, HostDied, TrialHost, TrialOutcome
 from tuner.objectives import ObjectiveSpec, TrialRequest
 from tuner.pruners import build_pruner
 from tuner.space import suggest_values
@@ -126,7 +126,10 @@ def _run_one(
     trial, values = claimed
     trial_dir = spec.paths.trial_dir(trial.number)
     trial_dir.mkdir(parents=True, exist_ok=True)
-    seed = trial_seed(spec.seed, trial.number)
+    # A retried trial carries the seed of the trial it repeats.
+    seed = trial.user_attrs.get("seed")
+    if seed is None:
+        seed = trial_seed(spec.seed, trial.number)
     trial.set_user_attr("seed", seed)
     trial.set_user_attr("worker", worker_id)
     trial.set_user_attr("trial_dir", str(trial_dir))
@@ -167,7 +170,14 @@ def _record(
     else:
         trial.set_user_attr("error", outcome.error)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        logger.error("Trial %d failed after %.1f s: %s", trial.number, duration_s, outcome.error)
+        log_path = Path(trial.user_attrs["trial_dir"]) / TRIAL_LOG
+        logger.error(
+            "Trial %d failed after %.1f s: %s (log: %s)",
+            trial.number,
+            duration_s,
+            outcome.error,
+            log_path,
+        )
 
 
 def _keep_best_models(study: optuna.Study, spec: WorkerSpec) -> None:

@@ -7,7 +7,7 @@ resolution), then each trial runs `run` in a child forked from that host.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -84,8 +84,42 @@ class EdsnlpObjective:
     def run(self, request: TrialRequest, on_score: ScoreCallback) -> float:
         from tuner import training
 
-        config = trial_config(self.config, self.tuning, request)
-        return training.train_trial(config, self.tuning.metric_parts, on_score)
+        seeds = training_seeds(self.tuning, phase=1)
+        if not seeds:
+            config = trial_config(self.config, self.tuning, request)
+            return training.train_trial(config, self.tuning.metric_parts, on_score)
+
+        # EDS-NLP's training_seeds: train once per seed and score the mean. Only the first
+        # seed's validations reach the pruner, so steps are reported once.
+        scores = []
+        for index, seed in enumerate(seeds):
+            seed_dir = f"{request.trial_dir}/seed_{seed}"
+            config = trial_config(
+                self.config, self.tuning, replace(request, seed=seed, trial_dir=seed_dir)
+            )
+            callback = on_score if index == 0 else _ignore_score
+            scores.append(training.train_trial(config, self.tuning.metric_parts, callback))
+        return sum(scores) / len(scores)
+
+
+def training_seeds(tuning: TuningSettings, phase: int) -> tuple[int, ...]:
+    """Return the seeds each trial trains with in `phase`, or () for the trial's own seed.
+
+    As in EDS-NLP, phase 1 uses `training_seeds` only when `use_seeds_for_phase_1` is true,
+    which it is by default for one-phase sweeps.
+    """
+    if not tuning.training_seeds:
+        return ()
+    use_in_phase_1 = tuning.use_seeds_for_phase_1
+    if use_in_phase_1 is None:
+        use_in_phase_1 = not tuning.two_phase_tuning
+    if phase == 1 and not use_in_phase_1:
+        return ()
+    return tuning.training_seeds
+
+
+def _ignore_score(step: int, value: float) -> None:
+    return None
 
 
 def trial_config(config: Any, tuning: TuningSettings, request: TrialRequest) -> Any:

@@ -178,8 +178,9 @@ def write_report(
         state_counts = ", ".join(f"{state.name} {count}" for state, count in counts.items())
         raise HpcTuneError(
             f"Cannot write the report of study {study.study_name!r}: no trial is COMPLETE "
-            f"({state_counts}). Read the logs in the failed trials' folders, fix the cause, "
-            "then run the sweep again."
+            f"({state_counts}). Read trial.log in the failed trials' folders under the "
+            "checkpoint directory and fix the cause. Failed trials count towards n_trials: "
+            "raise it (--n-trials) to run more trials in this sweep, or start a new sweep."
         )
     unknown = sorted(set(context.frozen_values) - {hp.name for hp in hyperparameters})
     if unknown:

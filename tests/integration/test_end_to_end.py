@@ -77,3 +77,15 @@ def test_preflight_stops_tutorial_mistakes(
     assert "'4096 tokens'" in result.stderr
     assert "^transformer" in result.stderr
     assert not (tmp_path / "checkpoint" / "quaero" / "trials").exists()
+
+
+def test_data_loader_workers_in_trials(tmp_path: Path, tiny_bert: Path, database_url: str) -> None:
+    # EDS-NLP's num_workers > 0 starts data loader processes from the trial process.
+    config = example_config(tmp_path, tiny_bert, n_trials=1)
+    config.write_text(re.sub(r"num_workers: \d+", "num_workers: 1", config.read_text()))
+    result = run_sweep(tmp_path, "--storage", database_url, "--workers", "1")
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = (tmp_path / "results" / "quaero" / "result_summary.txt").read_text()
+    assert "COMPLETE: 1" in summary
+    log = (tmp_path / "checkpoint" / "quaero" / "trials" / "00000" / "trial.log").read_text()
+    assert "daemonic" not in log

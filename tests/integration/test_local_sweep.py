@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 
 pytestmark = pytest.mark.integration
 
@@ -121,8 +124,10 @@ def test_changed_space_rejected(sweep_dir: Path, database_url: str) -> None:
     config.write_text(config.read_text().replace("high: 8}", "high: 16}"))
     changed = run_hpc("sweep", "--config", "config.yml", "--storage", database_url, cwd=sweep_dir)
     assert changed.returncode == 2
-    assert "search space or metric" in changed.stderr
-    assert "hpc.sweep_name" in changed.stderr
+    assert "the search space changed" in changed.stderr
+    assert "changed 'model.depth'" in changed.stderr
+    assert "'high': 16" in changed.stderr
+    assert "hpc.sweep_name and another tuning.checkpoint_dir" in changed.stderr
 
 
 def test_checkpoint_dir_private(sweep_dir: Path, database_url: str) -> None:
@@ -170,8 +175,125 @@ def test_embedded_server_without_storage(sweep_dir: Path) -> None:
         )
         assert again.returncode == 0, again.stderr[-3000:]
         assert "Continuing study" in again.stderr
-        assert "Trials finished: 3/3" in again.stdout
+        assert "Nothing left to run: n_trials reached (3 finished, 0 running)" in again.stdout
         assert not embedded_pg.is_running(data_dir)
     finally:
         if data_dir != sweep_dir / "checkpoint" / "postgres":
             shutil.rmtree(data_dir, ignore_errors=True)
+            Path(f"{data_dir}.lock").unlink(missing_ok=True)
+
+
+SLOW_CONFIG = CONFIG.replace(
+    "synthetic: {{duration_s: 0.3, fail_trials: [1], crash_trials: [3], nan_trials: [4]}}",
+    "synthetic: {{duration_s: 4.0}}",
+)
+
+
+def wait_for_running_trial(
+    url: str, sweep_dir: Path, timeout_s: float = 120
+) -> optuna.trial.FrozenTrial:
+    deadline = time.monotonic() + timeout_s
+    # Opening Optuna's storage writes to its tables (version and alembic rows), which races
+    # with their creation: wait until the coordinator has written sweep.json after creating them.
+    while not (sweep_dir / "checkpoint" / "sweep.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    while time.monotonic() < deadline:
+        try:
+            running = [t for t in load_trials(url) if t.state == optuna.trial.TrialState.RUNNING]
+        except (
+            ValueError,
+            KeyError,
+            sqlalchemy.exc.SQLAlchemyError,
+            optuna.exceptions.OptunaError,
+        ):
+            running = []
+        if running:
+            return running[0]
+        time.sleep(0.5)
+    raise AssertionError("no trial started running")
+
+
+def worker_pid(url: str, worker_id: int) -> int:
+    from hpc.storage import create_engine, user_schema
+
+    engine = create_engine(url, user_schema())
+    with engine.connect() as connection:
+        pid = connection.execute(
+            sqlalchemy.text("SELECT pid FROM hpc_workers WHERE worker_id = :id"), {"id": worker_id}
+        ).scalar_one()
+    engine.dispose()
+    return int(pid)
+
+
+def start_sweep(sweep_dir: Path, url: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpc", "sweep", "--config", "config.yml", "--storage", url],
+        cwd=sweep_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_killed_worker_trial_runs_again(tmp_path: Path, database_url: str) -> None:
+    (tmp_path / "config.yml").write_text(SLOW_CONFIG.format(n_trials=4, workers=2))
+    sweep = start_sweep(tmp_path, database_url)
+    victim = wait_for_running_trial(database_url, tmp_path)
+    os.kill(worker_pid(database_url, victim.user_attrs["worker"]), signal.SIGKILL)
+    stdout, stderr = sweep.communicate(timeout=300)
+    assert sweep.returncode == 0, stderr[-3000:]
+
+    trials = {trial.number: trial for trial in load_trials(database_url)}
+    lost = trials[victim.number]
+    assert lost.state == optuna.trial.TrialState.FAIL
+    assert lost.user_attrs["retried_as"] == "queued"
+    [retry] = [t for t in trials.values() if t.user_attrs.get("retry_of") == victim.number]
+    assert retry.state == optuna.trial.TrialState.COMPLETE
+    assert retry.params == lost.params
+    assert retry.user_attrs["seed"] == lost.user_attrs["seed"]
+    complete = [t for t in trials.values() if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4
+    assert "Trials finished: 4/4" in stdout
+
+
+def test_interrupted_sweep_resumes(tmp_path: Path, database_url: str) -> None:
+    (tmp_path / "config.yml").write_text(SLOW_CONFIG.format(n_trials=4, workers=2))
+    sweep = start_sweep(tmp_path, database_url)
+    wait_for_running_trial(database_url, tmp_path)
+    os.killpg(sweep.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+    stdout, _ = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130
+    assert "Continue with: make sweep CONFIG=" in stdout
+    states = [t.state for t in load_trials(database_url)]
+    assert optuna.trial.TrialState.RUNNING not in states
+
+    again = run_hpc("sweep", "--config", "config.yml", "--storage", database_url, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = load_trials(database_url)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4
+    assert all(t.state != optuna.trial.TrialState.RUNNING for t in trials)
+
+
+def test_second_coordinator_rejected(tmp_path: Path, database_url: str) -> None:
+    (tmp_path / "config.yml").write_text(SLOW_CONFIG.format(n_trials=2, workers=1))
+    sweep = start_sweep(tmp_path, database_url)
+    wait_for_running_trial(database_url, tmp_path)
+    second = run_hpc("sweep", "--config", "config.yml", "--storage", database_url, cwd=tmp_path)
+    sweep.communicate(timeout=300)
+    assert second.returncode == 2
+    assert "Another 'hpc sweep' runs this sweep" in second.stderr
+    assert sweep.returncode == 0
+
+
+def test_recorded_storage_reused(sweep_dir: Path, database_url: str) -> None:
+    first = run_hpc("sweep", "--config", "config.yml", "--storage", database_url, cwd=sweep_dir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    status = run_hpc("status", "--config", "config.yml", cwd=sweep_dir)
+    assert status.returncode == 0, status.stderr[-3000:]
+    assert "8 of 8 trials finished" in status.stdout
+    again = run_hpc("sweep", "--config", "config.yml", cwd=sweep_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Nothing left to run" in again.stdout
+    assert len(load_trials(database_url)) == 8

@@ -85,3 +85,15 @@ def test_advisory_key_is_signed_64_bit() -> None:
     key = advisory_key("alice-config-0123abcd.phase1")
     assert -(2**63) <= key < 2**63
     assert key == advisory_key("alice-config-0123abcd.phase1")
+
+
+@pytest.mark.parametrize("query", ["password=secret", "PASSWORD=secret", "sslpassword=secret"])
+def test_password_in_query_rejected(query: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_storage_url(f"postgresql://alice@db/optuna?{query}", "--storage")
+    assert "secret" not in str(error.value)
+    assert "PGPASSWORD" in str(error.value)
+
+
+def test_empty_password_is_no_password() -> None:
+    assert parse_storage_url("postgresql://alice:@db/optuna", "--storage").password is None

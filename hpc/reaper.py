@@ -1,0 +1,67 @@
+"""Reaping: trials left RUNNING by workers that died are failed and queued again."""
+
+from __future__ import annotations
+
+import logging
+
+import optuna
+import sqlalchemy
+
+from hpc import tables
+
+logger = logging.getLogger(__name__)
+
+# A trial lost this many times with its worker is failed for good: it may be what kills it.
+MAX_ATTEMPTS = 3
+RETRIED_ATTR = "retried_as"
+
+
+def reap_lost_trials(engine: sqlalchemy.Engine, study: optuna.Study, sweep_name: str) -> int:
+    """Fail the RUNNING trials of this host's dead workers and queue each again.
+
+    The retry keeps the parameters and the training seed. The failed trial gets the user
+    attribute `retried_as`, so budgets do not count it as finished.
+
+    Returns:
+        The number of trials reaped.
+    """
+    dead = tables.dead_local_workers(engine, sweep_name)
+    if not dead:
+        return 0
+    reaped = 0
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial.user_attrs.get("worker") in dead:
+            _fail_and_retry(study, trial, "WorkerLost: its worker process ended while it ran")
+            reaped += 1
+    tables.mark_ended(engine, dead, "process not found")
+    return reaped
+
+
+def _fail_and_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial, error: str) -> None:
+    live = optuna.trial.Trial(study, trial._trial_id)
+    attempt = int(trial.user_attrs.get("attempt", 1))
+    live.set_user_attr("error", error)
+    if attempt < MAX_ATTEMPTS:
+        study.enqueue_trial(
+            trial.params,
+            user_attrs={
+                "seed": trial.user_attrs.get("seed"),
+                "retry_of": trial.number,
+                "attempt": attempt + 1,
+            },
+        )
+        live.set_user_attr(RETRIED_ATTR, "queued")
+        logger.warning(
+            "Trial %d failed: %s. It runs again with the same parameters and seed.",
+            trial.number,
+            error,
+        )
+    else:
+        logger.error(
+            "Trial %d failed: %s. Not retried: attempt %d of %d.",
+            trial.number,
+            error,
+            attempt,
+            MAX_ATTEMPTS,
+        )
+    study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
