@@ -16,7 +16,8 @@ VENV_PYTHON := $(VENV)/bin/python
 HPC := $(VENV_PYTHON) -m hpc
 WORKERS_FLAG := $(if $(WORKERS),--workers $(WORKERS),)
 
-.PHONY: install sweep status report test lint model clean-example pretrained-model
+.PHONY: install sweep status report resubmit test lint model clean-example pretrained-model \
+	slurm-start slurm-stop
 
 install: $(STAMP)
 
@@ -41,6 +42,17 @@ status: install
 
 report: install
 	$(HPC) report --config $(CONFIG) $(ARGS)
+
+resubmit: install
+	$(HPC) resubmit --config $(CONFIG) $(ARGS)
+
+# The single-node Slurm cluster of the tests (as root): make slurm-start, then
+# eval "$$(bash scripts/local-slurm.sh env)" in your shell.
+slurm-start:
+	bash scripts/local-slurm.sh start
+
+slurm-stop:
+	bash scripts/local-slurm.sh stop
 
 test: install
 	bash scripts/run-tests.sh $(PYTEST_ARGS)

@@ -10,11 +10,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from hpc.log_context import LOG_CONTEXT, ContextFilter
 from tuner.errors import HpcTuneError
 
 logger = logging.getLogger("hpc")
 
-LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
+LOG_FORMAT = "%(asctime)s %(levelname)s [%(context)s] %(name)s: %(message)s"
 QUIET_LOGGERS = ("optuna", "submitit", "httpx", "urllib3")
 
 
@@ -61,6 +62,21 @@ def _parser() -> argparse.ArgumentParser:
         "--sweep-dir", required=True, type=Path, help="the sweep's checkpoint directory"
     )
     worker.set_defaults(handler=_worker)
+
+    finalize = commands.add_parser(
+        "finalize", help="after the workers: reap trials, write the report"
+    )
+    finalize.add_argument(
+        "--sweep-dir", required=True, type=Path, help="the sweep's checkpoint directory"
+    )
+    finalize.set_defaults(handler=_finalize)
+
+    resubmit = commands.add_parser(
+        "resubmit", help="submit workers and a finalize job again (Slurm)"
+    )
+    _add_config(resubmit)
+    resubmit.add_argument("--storage", help="PostgreSQL URL, if the sweep used one")
+    resubmit.set_defaults(handler=_resubmit)
 
     status = commands.add_parser("status", help="show the trials and the best value of a sweep")
     _add_config(status)
@@ -118,9 +134,45 @@ def worker_entry(sweep_dir: str) -> str:
     if state is None:
         raise HpcTuneError(f"No sweep.json in {paths.root}: start the sweep with 'make sweep'.")
     os.chdir(state["working_dir"])
-    job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_JOB_ID")
-    summary = run_worker(spec_from_state(state, paths, job_id))
+    job_id = slurm_job_id()
+    LOG_CONTEXT["job"] = job_id or f"local pid {os.getpid()}"
+    spec = spec_from_state(state, paths, job_id)
+    _fail_at_start_if_requested(spec)
+    summary = run_worker(spec)
     return f"worker {summary.worker_id}: {summary.trials} trials, {summary.reason}"
+
+
+def _finalize(args: argparse.Namespace) -> int:
+    from hpc.finalize import finalize
+
+    return finalize(args.sweep_dir)
+
+
+def _resubmit(args: argparse.Namespace) -> int:
+    from hpc.finalize import resubmit
+
+    return resubmit(args.config, args.storage)
+
+
+def slurm_job_id() -> str | None:
+    """Return `<array job>_<task>` for an array task, the job id for a plain job, or None."""
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def _fail_at_start_if_requested(spec: object) -> None:
+    # Test hook of the synthetic plug-in: hpc.synthetic.fail_array_tasks lists array task ids
+    # that exit with status 1 before taking any trial.
+    objective = spec.objective  # type: ignore[attr-defined]
+    if objective.kind != "synthetic":
+        return
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    if task is not None and int(task) in objective.options.get("fail_array_tasks", []):
+        logger.error("Array task %s fails at start, as hpc.synthetic.fail_array_tasks asks.", task)
+        sys.exit(1)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -149,6 +201,7 @@ def _configure_logging(verbose: bool) -> None:
     if root.handlers:
         return
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ContextFilter())
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

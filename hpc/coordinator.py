@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import sqlalchemy
 
-from hpc import local_workers, tables
+from hpc import local_workers, scheduler, slurm_executor, tables
 from hpc.claims import Budget, budget_left, count_trials
 from hpc.reaper import reap_lost_trials
 from hpc.storage import create_engine, hide_password, optuna_storage
@@ -27,6 +27,7 @@ from hpc.sweep import (
     create_or_load_study,
     load_sweep,
     open_storage,
+    storage_setting,
     write_state,
 )
 from tuner.errors import ConfigError, HpcTuneError
@@ -43,12 +44,18 @@ def run_sweep(request: SweepRequest) -> int:
     """Create or continue a sweep, run its workers locally, and write the report."""
     sweep = load_sweep(request)
     _check_supported(sweep)
+    executor = choose_executor(sweep.settings.executor)
+    if executor == "slurm":
+        _check_slurm_storage(sweep, request)
     new_sweep = sweep.state is None
     if new_sweep:
         # Checked before anything is created, so a broken config leaves nothing behind.
         _preflight(sweep, request)
 
     sweep.paths.create()
+    if executor == "slurm":
+        with _coordinator_lock(sweep.paths.root):
+            return _submit_to_slurm(sweep, request, preflight_done=new_sweep)
     with _coordinator_lock(sweep.paths.root):
         storage = open_storage(sweep, request, create=True)
         try:
@@ -159,12 +166,60 @@ def write_final_report(sweep: Sweep, storage: Storage) -> Path:
     return write_report(study, output_dir, sweep.loaded.path, tuning.hyperparameters, context)
 
 
-def _check_supported(sweep: Sweep) -> None:
-    if sweep.settings.executor == "slurm":
+def choose_executor(setting: str) -> str:
+    """Resolve `hpc.executor`: `auto` uses Slurm only when a controller answers.
+
+    An installed `sbatch` alone is not enough: login nodes of other clusters and CI machines
+    have the client without a reachable controller.
+    """
+    if setting != "auto":
+        if setting == "slurm" and not scheduler.controller_answers():
+            raise ConfigError(
+                "hpc.executor: 'slurm', but no Slurm controller answers 'scontrol ping' from this "
+                "machine. Run the command on a login node of the cluster, or use 'local'."
+            )
+        return setting
+    executor = "slurm" if scheduler.controller_answers() else "local"
+    logger.info("hpc.executor auto: %s.", executor)
+    return executor
+
+
+def _check_slurm_storage(sweep: Sweep, request: SweepRequest) -> None:
+    url, _ = storage_setting(request, sweep.settings)
+    recorded = (sweep.state or {}).get("storage_url")
+    if url is None and recorded is None:
         raise ConfigError(
-            "hpc.executor: 'slurm' is not supported by this version of hpc-tune yet. "
-            "Use 'local' (or 'auto') to run the workers on this machine."
+            "hpc.storage: Slurm workers need a PostgreSQL server that every node reaches. Set "
+            "hpc.storage (or --storage) to postgresql+psycopg2://USER@HOST[:PORT]/DATABASE, or to "
+            "'embedded' on a single-node cluster where every job runs on this host."
         )
+
+
+def _submit_to_slurm(sweep: Sweep, request: SweepRequest, preflight_done: bool) -> int:
+    storage = open_storage(sweep, request, create=True)
+    study = create_or_load_study(sweep, storage)
+    write_state(sweep, storage, executor="slurm")
+    engine = create_engine(storage.url, storage.schema)
+    try:
+        reason = _stop_reason(engine, sweep, budget_of(sweep))
+    finally:
+        engine.dispose()
+    if reason is not None:
+        print(f"Nothing left to run: {reason}.")
+        print(f"Report: {write_final_report(sweep, storage)}")
+        close_storage(storage)
+        return 0
+    if not preflight_done:
+        _preflight(sweep, request)
+    slurm_executor.render_scripts(sweep, Path.cwd())
+    submission = slurm_executor.submit(sweep)
+    logger.info("Study %s has %d trials.", study.study_name, len(study.trials))
+    slurm_executor.print_submission(sweep, submission)
+    # The embedded server, if any, keeps running for the jobs; the finalize job stops it.
+    return 0
+
+
+def _check_supported(sweep: Sweep) -> None:
     if sweep.loaded.tuning.two_phase_tuning:
         raise ConfigError(
             "tuning.two_phase_tuning: true is not supported by this version of hpc-tune yet. "

@@ -16,8 +16,16 @@ MAX_ATTEMPTS = 3
 RETRIED_ATTR = "retried_as"
 
 
-def reap_lost_trials(engine: sqlalchemy.Engine, study: optuna.Study, sweep_name: str) -> int:
-    """Fail the RUNNING trials of this host's dead workers and queue each again.
+def reap_lost_trials(
+    engine: sqlalchemy.Engine,
+    study: optuna.Study,
+    sweep_name: str,
+    extra_dead: set[int] | None = None,
+) -> int:
+    """Fail the RUNNING trials of dead workers and queue each again.
+
+    Dead workers are this host's workers whose process is gone, plus `extra_dead` (workers
+    whose Slurm job has ended).
 
     The retry keeps the parameters and the training seed. The failed trial gets the user
     attribute `retried_as`, so budgets do not count it as finished.
@@ -25,7 +33,7 @@ def reap_lost_trials(engine: sqlalchemy.Engine, study: optuna.Study, sweep_name:
     Returns:
         The number of trials reaped.
     """
-    dead = tables.dead_local_workers(engine, sweep_name)
+    dead = tables.dead_local_workers(engine, sweep_name) | (extra_dead or set())
     if not dead:
         return 0
     reaped = 0

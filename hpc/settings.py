@@ -6,10 +6,11 @@ import getpass
 import hashlib
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpc.slurm_settings import SlurmSettings, parse_slurm_section
 from tuner.errors import ConfigError
 
 EXECUTORS = ("auto", "local", "slurm")
@@ -32,7 +33,8 @@ class HpcSettings:
     """Settings of the workers and the storage.
 
     Attributes:
-        storage: SQLAlchemy URL of the PostgreSQL server, or None for the embedded server.
+        storage: SQLAlchemy URL of the PostgreSQL server, `embedded` to ask for the embedded
+            server explicitly (required with Slurm), or None for the embedded server locally.
         workers: Number of worker processes (local) or array tasks (Slurm).
         executor: `auto`, `local` or `slurm`.
         sweep_name: Name of the sweep, or None to derive it from the config path.
@@ -40,6 +42,7 @@ class HpcSettings:
             scripted scores (tests and benchmarks).
         synthetic: Options of the synthetic objective.
         keep_models: How many of the best trials keep their saved model.
+        slurm: Resources and site setup of Slurm jobs.
     """
 
     storage: str | None
@@ -49,6 +52,7 @@ class HpcSettings:
     objective: str
     synthetic: Mapping[str, Any]
     keep_models: int
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
 
 
 def parse_hpc_section(section: Mapping[str, Any], overrides: Mapping[str, Any]) -> HpcSettings:
@@ -96,6 +100,7 @@ def parse_hpc_section(section: Mapping[str, Any], overrides: Mapping[str, Any]) 
         objective=merged["objective"],
         synthetic=dict(merged["synthetic"]),
         keep_models=keep_models,
+        slurm=parse_slurm_section(merged["slurm"] or {}),
     )
 
 

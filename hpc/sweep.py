@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 PHASE = 1
 SPACE_ATTR = "search_space"
+# `hpc.storage: embedded` asks for the embedded server explicitly, as Slurm sweeps must.
+EMBEDDED = "embedded"
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,8 @@ def load_sweep(request: SweepRequest, use_recorded_overrides: bool = False) -> S
         loaded.hpc_section,
         {"workers": request.workers, "executor": request.executor, "storage": request.storage},
     )
-    url, source = _storage_setting(request, settings)
-    if url is not None:
+    url, source = storage_setting(request, settings)
+    if url is not None and url != EMBEDDED:
         parse_storage_url(url, source)  # a password in it fails here, before anything starts
     name = settings.sweep_name or default_sweep_name(loaded.path)
     paths = SweepPaths(loaded.tuning.checkpoint_dir.expanduser().resolve())
@@ -131,9 +133,12 @@ def open_storage(sweep: Sweep, request: SweepRequest, create: bool) -> Storage:
         create: True for `sweep`, which may start a new embedded server; False for commands
             that read an existing sweep.
     """
-    url, source = _storage_setting(request, sweep.settings)
+    url, source = storage_setting(request, sweep.settings)
     recorded = (sweep.state or {}).get("storage_url")
     recorded_embedded = (sweep.state or {}).get("embedded")
+    if url == EMBEDDED:
+        server, stop_server = _embedded_server(sweep, create)
+        return Storage(server.url, user_schema(), server, stop_server)
     if url is not None:
         parsed = parse_storage_url(url, source)
         if recorded and not recorded_embedded and recorded != hide_password(parsed):
@@ -215,7 +220,7 @@ def describe_space(loaded: LoadedConfig) -> dict[str, Any]:
     return json.loads(json.dumps({"hyperparameters": space, "metric": list(loaded.tuning.metric)}))
 
 
-def write_state(sweep: Sweep, storage: Storage) -> None:
+def write_state(sweep: Sweep, storage: Storage, executor: str = "local") -> None:
     """Record the sweep in `sweep.json`, keeping what earlier runs recorded."""
     state = dict(sweep.state or {})
     state.update(
@@ -234,6 +239,7 @@ def write_state(sweep: Sweep, storage: Storage) -> None:
         synthetic=dict(sweep.settings.synthetic),
         keep_models=sweep.settings.keep_models,
         workers=sweep.settings.workers,
+        executor=executor,
     )
     write_json_atomic(sweep.paths.sweep_file, state)
 
@@ -255,7 +261,7 @@ def _space_change(stored: dict[str, Any], current: dict[str, Any]) -> str:
     return "the search space changed (" + "; ".join(parts) + ")"
 
 
-def _storage_setting(request: SweepRequest, settings: HpcSettings) -> tuple[str | None, str]:
+def storage_setting(request: SweepRequest, settings: HpcSettings) -> tuple[str | None, str]:
     if request.storage:
         return request.storage, "--storage"
     if settings.storage:

@@ -108,3 +108,17 @@ def _process_exists(pid: int) -> bool:
         return True  # no procfs: trust the signal check
     state = stat.rsplit(")", 1)[-1].split()[0]
     return state not in ("Z", "X")
+
+
+def unfinished_workers_with_jobs(
+    engine: sqlalchemy.Engine, sweep_name: str
+) -> dict[int, str | None]:
+    """Return worker number to Slurm job id (`<array>_<task>` or `<job>`) for unended workers."""
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sqlalchemy.select(workers_table.c.worker_id, workers_table.c.job_id).where(
+                workers_table.c.sweep_name == sweep_name,
+                workers_table.c.ended_at.is_(None),
+            )
+        ).all()
+    return {int(row.worker_id): row.job_id for row in rows}

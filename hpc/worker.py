@@ -14,6 +14,7 @@ import optuna
 
 from hpc import tables
 from hpc.claims import Budget, claim
+from hpc.log_context import LOG_CONTEXT
 from hpc.storage import create_engine, optuna_storage
 from hpc.sweep_state import SweepPaths
 from hpc.trial_host import TRIAL_LOG, HostDied, TrialHost, TrialOutcome
@@ -78,6 +79,7 @@ def run_worker(spec: WorkerSpec) -> WorkerSummary:
     """Pull trials from the shared study until the budget is spent; return why it stopped."""
     engine = create_engine(spec.storage_url, spec.schema)
     worker_id = tables.register_worker(engine, spec.sweep_name, spec.phase, spec.job_id)
+    LOG_CONTEXT["worker"] = str(worker_id)
     logger.info("Worker %d started on study %s (pid %d).", worker_id, spec.study_name, os.getpid())
 
     study = optuna.load_study(

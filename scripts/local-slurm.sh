@@ -5,12 +5,13 @@
 #   start   as root: install the Debian packages when one is missing, then start munged,
 #           MariaDB, slurmdbd, slurmctld and slurmd under the prefix, wait until the node is
 #           idle and a smoke job has finished, and print how long each step took. When every
-#           daemon already runs, it only checks that the controller answers.
+#           daemon already runs, it only checks that the controller responds.
 #   stop    as root: cancel the jobs still in the cluster, then stop each daemon by the pid
 #           file it wrote (SIGTERM, SIGKILL after 30 s). Nothing else is signalled.
 #   env     print the export line for the clients: eval "$(scripts/local-slurm.sh env)"
 #           makes sbatch, squeue, sacct and scontrol use this cluster; jobs inherit it.
-#   status  print which daemons run; exit 0 when the controller answers `scontrol ping`.
+#   status  print which daemons run, and exit 0 when the controller responds to
+#           `scontrol ping`.
 #
 # The cluster is one node, this host (`hostname -s`, address 127.0.0.1), advertising 16 CPUs,
 # 64 GiB and 4 GPUs whatever the hardware has. The GPUs are fake: character devices with the
@@ -73,9 +74,17 @@ declare -A PID_FILES=(
     [slurmctld]=$RUN/slurmctld.pid
     [slurmd]=$RUN/slurmd.pid
 )
+declare -A PORTS=(
+    [mariadbd]=$MARIADB_PORT [slurmdbd]=$DBD_PORT [slurmctld]=$CTLD_PORT [slurmd]=$SLURMD_PORT
+)
+declare -A PORT_SETTINGS=(
+    [mariadbd]=HPC_TUNE_SLURM_MARIADB_PORT [slurmdbd]=HPC_TUNE_SLURM_DBD_PORT
+    [slurmctld]=HPC_TUNE_SLURM_CTLD_PORT [slurmd]=HPC_TUNE_SLURM_SLURMD_PORT
+)
 export SLURM_CONF=$ETC/slurm.conf
 
-# Microseconds since the epoch; EPOCHREALTIME's decimal separator follows the locale.
+# Print the microseconds since the epoch. EPOCHREALTIME's decimal separator follows the
+# locale, so every non-digit is dropped.
 now_us() { echo "${EPOCHREALTIME//[!0-9]/}"; }
 T0=$(now_us)
 log() { echo "local-slurm: $*" >&2; }
@@ -87,21 +96,28 @@ step() {
 }
 require_root() { [ "$(id -u)" = 0 ] || die "'$1' must run as root (it runs daemons as root)"; }
 
-# Print the pid of the live daemon named $1, read from its pid file, or fail.
-running_pid() {
-    local name=$1 pid comm state
-    [ -r "${PID_FILES[$name]}" ] || return 1
-    read -r pid < "${PID_FILES[$name]}" || return 1
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
+# Succeed when process $1 is alive (not a zombie) and its name is $2.
+process_alive() {
+    local pid=$1 name=$2 comm state
     read -r comm < "/proc/$pid/comm" 2>/dev/null || return 1
     [ "$comm" = "$name" ] || return 1
     # /proc/<pid>/stat reads "<pid> (<name>) <state> ...", and a zombie (Z) has exited.
     read -r _ _ state _ < "/proc/$pid/stat" 2>/dev/null || return 1
-    [ "$state" != Z ] || return 1
+    [ "$state" != Z ]
+}
+
+# Print the pid of the live daemon named $1, read from its pid file, or fail.
+running_pid() {
+    local name=$1 pid
+    [ -r "${PID_FILES[$name]}" ] || return 1
+    # A pid file without a final newline makes read fail after it has read the pid.
+    read -r pid < "${PID_FILES[$name]}" || [ -n "${pid:-}" ] || return 1
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    process_alive "$pid" "$name" || return 1
     echo "$pid"
 }
 
-controller_answers() {
+controller_responds() {
     [ -f "$SLURM_CONF" ] && command -v scontrol >/dev/null \
         && timeout 10 scontrol ping >/dev/null 2>&1
 }
@@ -132,12 +148,13 @@ install_packages() {
     local missing apt_log=$LOG_DIR/apt.log policy=/usr/sbin/policy-rc.d added_policy=0 status=0
     command -v dpkg-query >/dev/null || { log "error: no dpkg-query: this script installs \
 Slurm from Debian or Ubuntu packages"; exit "$EXIT_NO_PACKAGES"; }
-    missing=$(missing_packages)
+    missing=$(missing_packages | tr '\n' ' ')
+    missing=${missing% }
     [ -n "$missing" ] || return 0
-    command -v apt-get >/dev/null || { log "error: missing packages $(echo $missing) and no \
+    command -v apt-get >/dev/null || { log "error: missing packages $missing and no \
 apt-get to install them"; exit "$EXIT_NO_PACKAGES"; }
 
-    step "installing with apt-get (missing: $(echo $missing)), output in $apt_log"
+    step "installing with apt-get (missing: $missing), output in $apt_log"
     # Package scripts must not start system-wide daemons (munge, MariaDB on port 3306, Slurm
     # with /etc/slurm): a policy-rc.d that exits 101 makes invoke-rc.d skip every start.
     if [ ! -e "$policy" ]; then
@@ -160,7 +177,8 @@ in $apt_log)"
     step "packages installed"
 }
 
-# Hand out a random password for the MariaDB user 'slurm' once, and keep it in a 0600 file.
+# Print the password of the MariaDB user 'slurm', generated at random on first use and kept
+# in a 0600 file.
 mariadb_password() {
     local file=$ETC/mariadb-password
     if [ ! -s "$file" ]; then
@@ -214,6 +232,8 @@ AccountingStoragePass=$MUNGE_SOCKET
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=30
 JobCompType=jobcomp/none
+# no mail: slurmctld logs an error at start when MailProg is missing
+MailProg=/bin/true
 MpiDefault=none
 SwitchType=switch/none
 SchedulerType=sched/backfill
@@ -239,9 +259,6 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier
 PartitionName=low Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=30
 PartitionName=high Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
 EOF
-    # Clients and daemons look for plugstack.conf next to slurm.conf.
-    : > "$ETC/plugstack.conf"
-
     # slurmdbd reads slurmdbd.conf next to slurm.conf and requires mode 0600, owner SlurmUser.
     (umask 077 && cat > "$ETC/slurmdbd.conf") <<EOF
 DbdHost=$NODE
@@ -263,11 +280,17 @@ EOF
     chmod 600 "$ETC/slurmdbd.conf"
 }
 
-# Fail with a message naming the port's setting when another program listens on the port.
-check_port_free() {
-    local port=$1 setting=$2
-    ! port_in_use "$port" || die "port $port is already in use (not by this cluster's \
-$3): stop that program or set $setting to a free port"
+# Fail, naming the port's setting, when another program listens on the port of a daemon that
+# is about to start. Checking every port first avoids a half-started cluster.
+check_ports_free() {
+    local name port setting
+    for name in mariadbd slurmdbd slurmctld slurmd; do
+        ! running_pid "$name" >/dev/null || continue
+        port=${PORTS[$name]}
+        setting=${PORT_SETTINGS[$name]}
+        ! port_in_use "$port" || die "port $port is already in use, not by this cluster's \
+$name: stop that program or set $setting to a free port"
+    done
 }
 
 start_munged() {
@@ -282,16 +305,15 @@ start_munged() {
         --seed-file="$MUNGE_DIR/munged.seed" </dev/null >>"$LOG_DIR/munged.out" 2>&1 9>&- \
         || die "munged failed to start (log: $MUNGE_DIR/munged.log, $LOG_DIR/munged.out)"
     munge -n --socket="$MUNGE_SOCKET" | unmunge --socket="$MUNGE_SOCKET" >/dev/null \
-        || die "munged does not answer on $MUNGE_SOCKET (log: $MUNGE_DIR/munged.log)"
+        || die "munged does not respond on $MUNGE_SOCKET (log: $MUNGE_DIR/munged.log)"
 }
 
-mariadb_answers() {
+mariadb_responds() {
     mariadb-admin --no-defaults --socket="$MARIADB_SOCKET" -u root ping >/dev/null 2>&1
 }
 
 start_mariadbd() {
     local password
-    check_port_free "$MARIADB_PORT" HPC_TUNE_SLURM_MARIADB_PORT mariadbd
     mkdir -p "$MARIADB_DIR/data"
     chown -R mysql:mysql "$MARIADB_DIR"
     if [ ! -d "$MARIADB_DIR/data/mysql" ]; then
@@ -307,8 +329,8 @@ start_mariadbd() {
         --bind-address=127.0.0.1 --port="$MARIADB_PORT" --skip-name-resolve \
         --log-error="$MARIADB_DIR/mariadb.log" --innodb-buffer-pool-size=256M \
         --innodb-lock-wait-timeout=900 </dev/null >>"$LOG_DIR/mariadbd.out" 2>&1 9>&- &
-    wait_for 60 mariadb_answers \
-        || die "MariaDB did not answer within 60 s (log: $MARIADB_DIR/mariadb.log)"
+    wait_for 60 mariadb_responds \
+        || die "MariaDB did not respond within 60 s (log: $MARIADB_DIR/mariadb.log)"
 
     password=$(mariadb_password)
     mariadb --no-defaults --socket="$MARIADB_SOCKET" -u root -e "
@@ -318,7 +340,6 @@ start_mariadbd() {
 }
 
 start_slurmdbd() {
-    check_port_free "$DBD_PORT" HPC_TUNE_SLURM_DBD_PORT slurmdbd
     slurmdbd </dev/null >>"$LOG_DIR/slurmdbd.out" 2>&1 9>&- \
         || die "slurmdbd failed to start (log: $LOG_DIR/slurmdbd.log)"
     # The first start creates the accounting tables before it listens.
@@ -330,13 +351,11 @@ start_slurmdbd() {
 }
 
 start_slurmctld() {
-    check_port_free "$CTLD_PORT" HPC_TUNE_SLURM_CTLD_PORT slurmctld
     slurmctld </dev/null >>"$LOG_DIR/slurmctld.out" 2>&1 9>&- \
         || die "slurmctld failed to start (log: $LOG_DIR/slurmctld.log)"
 }
 
 start_slurmd() {
-    check_port_free "$SLURMD_PORT" HPC_TUNE_SLURM_SLURMD_PORT slurmd
     slurmd -N "$NODE" </dev/null >>"$LOG_DIR/slurmd.out" 2>&1 9>&- \
         || die "slurmd failed to start (log: $LOG_DIR/slurmd.log)"
 }
@@ -364,7 +383,7 @@ start() {
     flock -w 600 9 || die "timed out waiting for $PREFIX/lock"
 
     for name in "${DAEMONS[@]}"; do running_pid "$name" >/dev/null || all_running=0; done
-    if [ "$all_running" = 1 ] && controller_answers; then
+    if [ "$all_running" = 1 ] && controller_responds; then
         wait_node_ready
         step "already running: $(scontrol ping | head -n 1), node $NODE $(node_state)"
         return 0
@@ -372,6 +391,7 @@ start() {
 
     mkdir -p "$ETC" "$RUN" "$LOG_DIR" "$MUNGE_DIR" "$MARIADB_DIR" "$PREFIX/state" \
         "$PREFIX/spool/slurmd" "$PREFIX/fakedev"
+    check_ports_free
     install_packages
     write_configs
     step "configuration written in $ETC ($(slurmctld -V))"
@@ -389,21 +409,24 @@ start() {
     done
 
     wait_node_ready
-    step "node $NODE $(node_state): $(sinfo -h -N -n "$NODE" -o '%c CPUs, %m MB, %G')"
+    step "node $NODE $(node_state): $(sinfo -h -N -n "$NODE" -o '%c CPUs, %m MB, %G' | head -n 1)"
     timeout 120 sbatch --wait -Q -J local-slurm-smoke -o /dev/null --wrap true \
         || die "the smoke job did not finish (logs: $LOG_DIR/slurmctld.log, $LOG_DIR/slurmd.log)"
     step "smoke job finished: the cluster is ready; run: eval \"\$($0 env)\""
 }
 
+process_gone() { ! process_alive "$@"; }
+
 # Send SIGTERM to the daemon named $1, and SIGKILL when it still runs after 30 s.
+# The daemons delete their pid file before they finish shutting down, so this waits on the pid.
 stop_daemon() {
     local name=$1 pid
     pid=$(running_pid "$name") || return 0
     kill -TERM "$pid" 2>/dev/null || true
-    if ! wait_for 30 eval "! running_pid $name >/dev/null"; then
+    if ! wait_for 30 process_gone "$pid" "$name"; then
         log "$name (pid $pid) still runs 30 s after SIGTERM: sending SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
-        wait_for 5 eval "! running_pid $name >/dev/null" || die "$name (pid $pid) did not stop"
+        wait_for 5 process_gone "$pid" "$name" || die "$name (pid $pid) did not stop"
     fi
     step "$name stopped (pid $pid)"
 }
@@ -418,8 +441,9 @@ stop() {
     flock -w 600 9 || die "timed out waiting for $PREFIX/lock"
 
     # Killing slurmd would leave the jobs' processes running, so Slurm ends them first.
-    if running_pid slurmctld >/dev/null && controller_answers; then
+    if running_pid slurmctld >/dev/null && controller_responds; then
         jobs=$(timeout 10 squeue -h -o %A 2>/dev/null | sort -u | tr '\n' ' ')
+        jobs=${jobs% }
         if [ -n "${jobs// /}" ]; then
             # shellcheck disable=SC2086
             timeout 10 scancel $jobs 2>/dev/null || true
@@ -445,7 +469,7 @@ status() {
             echo "$name: not running"
         fi
     done
-    controller_answers
+    controller_responds
 }
 
 case "${1:-}" in

@@ -6,6 +6,7 @@ resolution), then each trial runs `run` in a child forked from that host.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -14,9 +15,11 @@ from typing import Any, Protocol
 from confit import Config
 
 from tuner.config import TuningSettings
+from tuner.errors import HpcTuneError
 from tuner.space import apply_values, set_path
 
 ScoreCallback = Callable[[int, float], None]
+ALLOW_CPU_ENV = "HPC_TUNE_ALLOW_CPU"
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class EdsnlpObjective:
     def prepare(self) -> None:
         from tuner import training
 
+        check_gpu_visible()
         training.warm_up(self.config)
 
     def run(self, request: TrialRequest, on_score: ScoreCallback) -> float:
@@ -128,3 +132,29 @@ def trial_config(config: Any, tuning: TuningSettings, request: TrialRequest) -> 
     set_path(updated, tuning.seed_parts, request.seed, label=f"tuning.seed_path={tuning.seed_path}")
     set_path(updated, ("train", "output_dir"), request.trial_dir)
     return updated
+
+
+def check_gpu_visible() -> None:
+    """Stop a worker that was given GPUs but cannot use them, instead of training on CPU.
+
+    Slurm and submitit set CUDA_VISIBLE_DEVICES for jobs that hold GPUs. If torch then sees no
+    CUDA device, every trial would run on CPU while GPU-hours are charged. The test suite's
+    fake GPUs set HPC_TUNE_ALLOW_CPU=1 to skip this check.
+
+    Raises:
+        HpcTuneError: When GPUs were given but torch cannot use them.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if not visible or visible == "NoDevFiles" or os.environ.get(ALLOW_CPU_ENV) == "1":
+        return
+    # Ask NVML instead of initialising CUDA, so that forked trial processes can still use it.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise HpcTuneError(
+            f"This worker was given GPUs (CUDA_VISIBLE_DEVICES={visible}) but torch "
+            f"{torch.__version__} sees no CUDA device, so trials would train on CPU. Install a "
+            "CUDA build of torch that matches the node's driver (check 'nvidia-smi'), or load the "
+            "site's CUDA module in hpc.slurm.setup."
+        )

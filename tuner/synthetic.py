@@ -22,6 +22,7 @@ OPTIONS = {
     "fail_trials": [],  # trial numbers that raise an exception
     "nan_trials": [],  # trial numbers that return NaN
     "crash_trials": [],  # trial numbers whose process exits abruptly (os._exit)
+    "fail_array_tasks": [],  # Slurm array task ids whose worker exits with status 1 at start
 }
 
 

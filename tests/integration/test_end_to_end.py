@@ -29,7 +29,17 @@ def example_config(tmp_path: Path, tiny_bert: Path, n_trials: int) -> Path:
 
 def run_sweep(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "hpc", "sweep", "--config", "config.yml", *args],
+        [
+            sys.executable,
+            "-m",
+            "hpc",
+            "sweep",
+            "--config",
+            "config.yml",
+            "--executor",
+            "local",
+            *args,
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -33,6 +33,7 @@ tuning:
     "model.act": {{type: categorical, choices: [relu, gelu]}}
 hpc:
   workers: {workers}
+  executor: local
   objective: synthetic
   synthetic: {{duration_s: 0.3, fail_trials: [1], crash_trials: [3], nan_trials: [4]}}
 """

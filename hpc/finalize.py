@@ -1,0 +1,106 @@
+"""`python -m hpc finalize` and `resubmit`: what runs after the workers of a Slurm sweep."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from hpc import scheduler, slurm_executor, tables
+from hpc.coordinator import budget_of, write_final_report
+from hpc.reaper import reap_lost_trials
+from hpc.storage import create_engine, optuna_storage
+from hpc.sweep import Sweep, SweepRequest, close_storage, load_sweep, open_storage
+from hpc.sweep_state import SweepPaths, read_sweep_state
+from tuner.errors import HpcTuneError
+
+logger = logging.getLogger(__name__)
+
+
+def finalize(sweep_dir: Path) -> int:
+    """Reap trials of ended workers, write the report, stop the embedded server.
+
+    It runs after every task of the worker array, whatever their exit status.
+    """
+    sweep = _sweep_from_dir(sweep_dir)
+    storage = open_storage(sweep, SweepRequest(config_path=sweep.loaded.path), create=False)
+    try:
+        _reap_ended_jobs(sweep, storage)
+        engine = create_engine(storage.url, storage.schema)
+        try:
+            from hpc.claims import budget_left, count_trials
+
+            with engine.connect() as connection:
+                counts = count_trials(connection, sweep.study_name)
+        finally:
+            engine.dispose()
+        reason = budget_left(counts, budget_of(sweep))
+        if reason is None and not counts.running:
+            logger.warning(
+                "Budget left (%d finished, %d waiting) but no worker runs. Continue with: "
+                "make resubmit CONFIG=%s",
+                counts.finished,
+                counts.waiting,
+                sweep.loaded.path,
+            )
+        report_dir = write_final_report(sweep, storage)
+        logger.info("Report written to %s", report_dir)
+        print(f"Report: {report_dir}")
+    finally:
+        # The last job of the sweep stops the embedded server it used.
+        close_storage(storage, force=storage.server is not None)
+    return 0
+
+
+def resubmit(config_path: Path, storage_url: str | None) -> int:
+    """Render the scripts again and submit workers plus a finalize job for an existing sweep."""
+    request = SweepRequest(config_path=config_path, storage=storage_url)
+    sweep = load_sweep(request, use_recorded_overrides=True)
+    if sweep.state is None:
+        raise HpcTuneError(f"No sweep found in {sweep.paths.root}: start it with 'make sweep'.")
+    if not scheduler.controller_answers():
+        raise HpcTuneError(
+            "No Slurm controller answers 'scontrol ping' from this machine: run resubmit on a "
+            "login node of the cluster."
+        )
+    slurm_executor.render_scripts(sweep, Path(sweep.state["working_dir"]))
+    submission = slurm_executor.submit(sweep)
+    slurm_executor.print_submission(sweep, submission)
+    return 0
+
+
+def _sweep_from_dir(sweep_dir: Path) -> Sweep:
+    paths = SweepPaths(Path(sweep_dir).resolve())
+    state = read_sweep_state(paths)
+    if state is None:
+        raise HpcTuneError(f"No sweep.json in {paths.root}: start the sweep with 'make sweep'.")
+    os.chdir(state["working_dir"])
+    return load_sweep(
+        SweepRequest(config_path=Path(state["config_path"])), use_recorded_overrides=True
+    )
+
+
+def _reap_ended_jobs(sweep: Sweep, storage: object) -> None:
+    """Reap the trials of workers whose Slurm job no longer runs, and of dead local workers."""
+    import optuna
+
+    url, schema = storage.url, storage.schema  # type: ignore[attr-defined]
+    engine = create_engine(url, schema)
+    try:
+        study = optuna.load_study(
+            study_name=sweep.study_name, storage=optuna_storage(url, schema, create_tables=False)
+        )
+        workers = tables.unfinished_workers_with_jobs(engine, sweep.name)
+        job_ids = sorted({job for job in workers.values() if job})
+        states = scheduler.query_jobs(job_ids) if job_ids else []
+        running = {state.display_id for state in states if state.active}
+        ended = {worker for worker, job in workers.items() if job and job not in running}
+        if ended:
+            tables.mark_ended(engine, ended, "Slurm job ended")
+        reaped = reap_lost_trials(engine, study, sweep.name, extra_dead=ended)
+        if reaped:
+            logger.warning(
+                "%d trials were left running by ended workers; they are queued again.", reaped
+            )
+    finally:
+        engine.dispose()

@@ -1,0 +1,172 @@
+"""Sweeps on a real single-node Slurm (scripts/local-slurm.sh) with the synthetic plug-in."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hpc import scheduler
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CONFIG = """\
+model:
+  lr: 0.1
+  depth: 3
+tuning:
+  output_dir: results
+  checkpoint_dir: checkpoint
+  n_trials: {n_trials}
+  pruner: null
+  metric: "ner.micro.f"
+  hyperparameters:
+    "model.lr": {{alias: lr, type: float, low: 1e-4, high: 1.0, log: true}}
+    "model.depth": {{type: int, low: 1, high: 8}}
+hpc:
+  workers: 4
+  executor: slurm
+  objective: synthetic
+  synthetic: {{duration_s: {duration_s}, fail_array_tasks: [2]}}
+  slurm:
+    partition: debug
+    gpus_per_task: 1
+    cpus_per_task: 1
+    mem_gb: 1
+    time_min: 10
+    finalize: {{cpus_per_task: 1, mem_gb: 1, time_min: 10}}
+"""
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
+
+
+@pytest.fixture(scope="module")
+def slurm() -> None:
+    if not scheduler.controller_answers():
+        pytest.skip("no Slurm controller answers: 'make test' starts one when run as root")
+
+
+def run_hpc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hpc", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def job_ids(stdout: str) -> tuple[str, str]:
+    array = stdout.split("array job ", 1)[1].split()[0]
+    finalize = stdout.split("finalize: job ", 1)[1].split()[0]
+    return array, finalize
+
+
+def wait_for_jobs(ids: list[str], timeout_s: float = 300) -> list[scheduler.JobState]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        states = scheduler.query_jobs(ids)
+        if states and all(state.state.split()[0] in TERMINAL for state in states):
+            return states
+        time.sleep(2)
+    raise AssertionError(f"jobs {ids} did not end in {timeout_s} s: {scheduler.query_jobs(ids)}")
+
+
+def load_trials(url: str) -> list[optuna.trial.FrozenTrial]:
+    from hpc.storage import optuna_storage, user_schema
+
+    storage = optuna_storage(url, user_schema(), create_tables=False)
+    [summary] = optuna.get_all_study_summaries(storage)
+    return optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+
+
+def test_array_sweep_with_failed_task(slurm: None, tmp_path: Path, database_url: str) -> None:
+    (tmp_path / "config.yml").write_text(CONFIG.format(n_trials=8, duration_s=1.0))
+    result = run_hpc("sweep", "--config", "config.yml", "--storage", database_url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    array, finalize = job_ids(result.stdout)
+    assert "scancel" in result.stdout
+
+    states = wait_for_jobs([array, finalize])
+    by_task = {
+        state.array_task_id: state.state for state in states if state.job_id.startswith(array)
+    }
+    assert len(by_task) == 4
+    assert by_task["2"].startswith("FAILED")
+    assert [s.state for s in states if s.job_id == finalize] == ["COMPLETED"]
+
+    trials = load_trials(database_url)
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 8
+    assert all(t.user_attrs["job_id"].startswith(f"{array}_") for t in trials)
+    assert not any(t.user_attrs["job_id"] == f"{array}_2" for t in trials)
+    assert (tmp_path / "results" / "result_summary.txt").is_file()
+
+    logs = list((tmp_path / "checkpoint" / "jobs" / "slurm").glob("*.err"))
+    worker_lines = [
+        line for log in logs for line in log.read_text().splitlines() if "hpc.worker: Trial" in line
+    ]
+    assert worker_lines
+    assert all(f"job {array}_" in line and " worker " in line for line in worker_lines)
+
+
+def test_hand_submitted_workers_join(slurm: None, tmp_path: Path, database_url: str) -> None:
+    (tmp_path / "config.yml").write_text(CONFIG.format(n_trials=16, duration_s=3.0))
+    result = run_hpc("sweep", "--config", "config.yml", "--storage", database_url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    array, finalize = job_ids(result.stdout)
+
+    script = tmp_path / "checkpoint" / "sbatch" / "worker.sbatch"
+    assert "PGPASSWORD" not in script.read_text()
+    hand = scheduler.submit_script(script)
+    wait_for_jobs([array, finalize, hand], timeout_s=400)
+
+    trials = load_trials(database_url)
+    finished = [t for t in trials if t.state.is_finished()]
+    assert len(finished) == 16
+    by_hand = [t for t in trials if t.user_attrs["job_id"].startswith(f"{hand}_")]
+    print(f"hand-submitted workers ran {len(by_hand)} of 16 trials")
+    assert by_hand
+
+
+def test_embedded_server_on_one_node(slurm: None, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from hpc import embedded_pg
+
+    (tmp_path / "config.yml").write_text(CONFIG.format(n_trials=4, duration_s=0.5))
+    result = run_hpc("sweep", "--config", "config.yml", "--storage", "embedded", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = json.loads((tmp_path / "checkpoint" / "sweep.json").read_text())
+    data_dir = Path(state["embedded"]["data_dir"])
+    try:
+        array, finalize = job_ids(result.stdout)
+        wait_for_jobs([array, finalize])
+        assert (tmp_path / "results" / "result_summary.txt").is_file()
+        summary = (tmp_path / "results" / "result_summary.txt").read_text()
+        assert "COMPLETE: 4" in summary
+        # The finalize job, the last job of the sweep, stops the server.
+        assert not embedded_pg.is_running(data_dir)
+    finally:
+        if not str(data_dir).startswith(str(tmp_path)):
+            shutil.rmtree(data_dir, ignore_errors=True)
+            Path(f"{data_dir}.lock").unlink(missing_ok=True)
+
+
+def test_resubmit_adds_jobs(slurm: None, tmp_path: Path, database_url: str) -> None:
+    import json
+
+    (tmp_path / "config.yml").write_text(CONFIG.format(n_trials=4, duration_s=0.5))
+    first = run_hpc("sweep", "--config", "config.yml", "--storage", database_url, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    wait_for_jobs(list(job_ids(first.stdout)))
+
+    more = run_hpc("resubmit", "--config", "config.yml", "--storage", database_url, cwd=tmp_path)
+    assert more.returncode == 0, more.stderr[-3000:]
+    array, finalize = job_ids(more.stdout)
+    wait_for_jobs([array, finalize])
+    state = json.loads((tmp_path / "checkpoint" / "sweep.json").read_text())
+    assert [entry["workers"] for entry in state["submissions"]][-1] == array
+    assert len(state["submissions"]) == 2
+    # The budget was spent: the new workers take no trial and the report stays whole.
+    assert len(load_trials(database_url)) == 4
