@@ -167,7 +167,7 @@ def write_final_report(sweep: Sweep, storage: Storage) -> Path:
 
 
 def choose_executor(setting: str) -> str:
-    """Resolve `hpc.executor`: `auto` uses Slurm only when a controller answers.
+    """Resolve `hpc.executor`: `auto` uses Slurm only when a controller responds.
 
     An installed `sbatch` alone is not enough: login nodes of other clusters and CI machines
     have the client without a reachable controller.
@@ -175,7 +175,7 @@ def choose_executor(setting: str) -> str:
     if setting != "auto":
         if setting == "slurm" and not scheduler.controller_answers():
             raise ConfigError(
-                "hpc.executor: 'slurm', but no Slurm controller answers 'scontrol ping' from this "
+                "hpc.executor: 'slurm', but no Slurm controller responds to 'scontrol ping' from this "
                 "machine. Run the command on a login node of the cluster, or use 'local'."
             )
         return setting

@@ -60,7 +60,7 @@ def resubmit(config_path: Path, storage_url: str | None) -> int:
         raise HpcTuneError(f"No sweep found in {sweep.paths.root}: start it with 'make sweep'.")
     if not scheduler.controller_answers():
         raise HpcTuneError(
-            "No Slurm controller answers 'scontrol ping' from this machine: run resubmit on a "
+            "No Slurm controller responds to 'scontrol ping' from this machine: run resubmit on a "
             "login node of the cluster."
         )
     slurm_executor.render_scripts(sweep, Path(sweep.state["working_dir"]))

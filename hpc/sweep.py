@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 PHASE = 1
 SPACE_ATTR = "search_space"
-# `hpc.storage: embedded` asks for the embedded server explicitly, as Slurm sweeps must.
+# `hpc.storage: embedded` requests the embedded server explicitly, as Slurm sweeps must.
 EMBEDDED = "embedded"
 
 
@@ -73,7 +73,7 @@ class Sweep:
 
 @dataclass(frozen=True)
 class Storage:
-    """Where the sweep's study lives, and the embedded server if this command started it."""
+    """Location of the sweep's study, and the embedded server if this command started it."""
 
     url: str
     schema: str
