@@ -175,8 +175,8 @@ def choose_executor(setting: str) -> str:
     if setting != "auto":
         if setting == "slurm" and not scheduler.controller_answers():
             raise ConfigError(
-                "hpc.executor: 'slurm', but no Slurm controller responds to 'scontrol ping' from this "
-                "machine. Run the command on a login node of the cluster, or use 'local'."
+                "hpc.executor: 'slurm', but no Slurm controller responds to 'scontrol ping' from "
+                "this machine. Run the command on a login node of the cluster, or use 'local'."
             )
         return setting
     executor = "slurm" if scheduler.controller_answers() else "local"

@@ -39,23 +39,36 @@ def reap_lost_trials(
     reaped = 0
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if trial.user_attrs.get("worker") in dead:
-            _fail_and_retry(study, trial, "WorkerLost: its worker process ended while it ran")
+            fail_and_retry(study, trial, "WorkerLost: its worker process ended while it ran")
             reaped += 1
     tables.mark_ended(engine, dead, "process not found")
     return reaped
 
 
-def _fail_and_retry(study: optuna.Study, trial: optuna.trial.FrozenTrial, error: str) -> None:
-    live = optuna.trial.Trial(study, trial._trial_id)
-    attempt = int(trial.user_attrs.get("attempt", 1))
+def fail_and_retry(
+    study: optuna.Study,
+    trial: optuna.trial.FrozenTrial | optuna.Trial,
+    error: str,
+    count_attempt: bool = True,
+) -> None:
+    """Fail a RUNNING trial and queue a copy with the same parameters and training seed.
+
+    Args:
+        count_attempt: False for a trial stopped by preemption or a time limit, which says
+            nothing about the trial itself, so it does not use up its attempts.
+    """
+    live = trial if isinstance(trial, optuna.Trial) else optuna.trial.Trial(study, trial._trial_id)
+    user_attrs = trial.user_attrs
+    attempt = int(user_attrs.get("attempt", 1))
+    next_attempt = attempt + 1 if count_attempt else attempt
     live.set_user_attr("error", error)
-    if attempt < MAX_ATTEMPTS:
+    if attempt < MAX_ATTEMPTS or not count_attempt:
         study.enqueue_trial(
             trial.params,
             user_attrs={
-                "seed": trial.user_attrs.get("seed"),
+                "seed": user_attrs.get("seed"),
                 "retry_of": trial.number,
-                "attempt": attempt + 1,
+                "attempt": next_attempt,
             },
         )
         live.set_user_attr(RETRIED_ATTR, "queued")

@@ -23,6 +23,7 @@ DEFAULTS: dict[str, Any] = {
     "objective": "edsnlp",
     "synthetic": {},
     "keep_models": 1,
+    "max_requeues": 10,
     "slurm": {},
 }
 SWEEP_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -42,6 +43,7 @@ class HpcSettings:
             scripted scores (tests and benchmarks).
         synthetic: Options of the synthetic objective.
         keep_models: How many of the best trials keep their saved model.
+        max_requeues: How many times a worker's job requeues itself after pre-timeout signals.
         slurm: Resources and site setup of Slurm jobs.
     """
 
@@ -52,6 +54,7 @@ class HpcSettings:
     objective: str
     synthetic: Mapping[str, Any]
     keep_models: int
+    max_requeues: int = 10
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
 
 
@@ -100,6 +103,7 @@ def parse_hpc_section(section: Mapping[str, Any], overrides: Mapping[str, Any]) 
         objective=merged["objective"],
         synthetic=dict(merged["synthetic"]),
         keep_models=keep_models,
+        max_requeues=_non_negative_int(merged["max_requeues"], "hpc.max_requeues"),
         slurm=parse_slurm_section(merged["slurm"] or {}),
     )
 
@@ -114,3 +118,9 @@ def default_sweep_name(config_path: Path, user: str | None = None) -> str:
 
 def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "user"
+
+
+def _non_negative_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{key}: expected an integer >= 0, got {value!r}.")
+    return value

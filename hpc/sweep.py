@@ -238,6 +238,7 @@ def write_state(sweep: Sweep, storage: Storage, executor: str = "local") -> None
         objective=sweep.settings.objective,
         synthetic=dict(sweep.settings.synthetic),
         keep_models=sweep.settings.keep_models,
+        max_requeues=sweep.settings.max_requeues,
         workers=sweep.settings.workers,
         executor=executor,
     )

@@ -91,3 +91,11 @@ def read_sweep_state(paths: SweepPaths) -> dict[str, Any] | None:
             f"{STATE_VERSION}. It was written by another hpc-tune version."
         )
     return state
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """Return a JSON file written by `write_json_atomic`, or None when it does not exist."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None

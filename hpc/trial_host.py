@@ -42,7 +42,7 @@ class TrialOutcome:
     """The end of a trial.
 
     Attributes:
-        state: `complete`, `pruned` or `failed`.
+        state: `complete`, `pruned`, `failed`, or `interrupted` by a stop signal.
         value: The metric (complete), the last reported score (pruned), or None.
         error: `ErrorType: message` for a failed trial.
     """
@@ -50,6 +50,10 @@ class TrialOutcome:
     state: str
     value: float | None = None
     error: str | None = None
+
+
+class _Interrupted(Exception):
+    """The worker asked to stop while a trial ran."""
 
 
 class HostDied(RuntimeError):
@@ -84,9 +88,40 @@ class TrialHost:
         )
 
     def run(
-        self, request: TrialRequest, should_prune: Callable[[int, float], bool]
+        self,
+        request: TrialRequest,
+        should_prune: Callable[[int, float], bool],
+        should_stop: Callable[[], bool] = lambda: False,
     ) -> TrialOutcome:
-        """Run one trial in a fresh child of the host and return how it ended."""
+        """Run one trial in a fresh child of the host and return how it ended.
+
+        When `should_stop()` turns true, the host and its child are killed and the outcome is
+        `interrupted`: EDS-NLP cannot resume a training, so nothing is worth saving.
+        """
+        try:
+            return self._run(request, should_prune, should_stop)
+        except _Interrupted:
+            self.kill()
+            return TrialOutcome(
+                "interrupted", error="Interrupted: the worker received a stop signal"
+            )
+
+    def kill(self) -> None:
+        """Kill the host at once; its trial child dies with it (parent-death signal)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.join(timeout=10)
+            self.process = None
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+
+    def _run(
+        self,
+        request: TrialRequest,
+        should_prune: Callable[[int, float], bool],
+        should_stop: Callable[[], bool],
+    ) -> TrialOutcome:
         if self.process is None or not self.process.is_alive():
             self.start()
         assert self.connection is not None
@@ -94,7 +129,7 @@ class TrialHost:
         outcome: TrialOutcome | None = None
         last_score: float | None = None
         while True:
-            message = self._receive(deadline=None)
+            message = self._receive(deadline=None, should_stop=should_stop)
             kind = message[0]
             if kind == "score":
                 step, value = message[1], message[2]
@@ -130,10 +165,14 @@ class TrialHost:
                 self.process.join(timeout=10)
             self.process = None
 
-    def _receive(self, deadline: float | None) -> tuple[Any, ...]:
+    def _receive(
+        self, deadline: float | None, should_stop: Callable[[], bool] = lambda: False
+    ) -> tuple[Any, ...]:
         assert self.connection is not None and self.process is not None
         while True:
-            if self.connection.poll(1.0):
+            if should_stop():
+                raise _Interrupted
+            if self.connection.poll(0.5):
                 try:
                     return self.connection.recv()
                 except (EOFError, OSError):

@@ -12,9 +12,10 @@ from typing import Any
 
 import optuna
 
-from hpc import tables
+from hpc import signals, tables
 from hpc.claims import Budget, claim
 from hpc.log_context import LOG_CONTEXT
+from hpc.reaper import fail_and_retry
 from hpc.storage import create_engine, optuna_storage
 from hpc.sweep_state import SweepPaths
 from hpc.trial_host import TRIAL_LOG, HostDied, TrialHost, TrialOutcome
@@ -56,6 +57,7 @@ class WorkerSpec:
     seed: int
     keep_models: int
     job_id: str | None = None
+    max_requeues: int = 10
 
 
 @dataclass(frozen=True)
@@ -90,20 +92,27 @@ def run_worker(spec: WorkerSpec) -> WorkerSummary:
         ),
         pruner=build_pruner(spec.objective.tuning.pruner),
     )
+    stop = signals.StopRequest()
+    signals.install(stop)
     host = TrialHost(spec.objective)
     trials = 0
     reason = "stopped"
     try:
         host.start()
-        while True:
+        while not stop.requested:
             trial, reason_or_none = claim(
                 engine, spec.study_name, spec.budget, lambda: _ask(study, spec)
             )
             if trial is None:
                 reason = reason_or_none or "budget spent"
                 break
-            _run_one(study, trial, host, spec, worker_id)
+            _run_one(study, trial, host, spec, worker_id, stop)
             trials += 1
+        if stop.requested:
+            logger.warning("Worker %d received %s.", worker_id, " then ".join(stop.names))
+            reason = signals.requeue_or_exit(
+                stop, spec.paths.jobs_dir, spec.job_id, spec.max_requeues
+            )
     finally:
         host.close()
         tables.end_worker(engine, worker_id, reason)
@@ -124,6 +133,7 @@ def _run_one(
     host: TrialHost,
     spec: WorkerSpec,
     worker_id: int,
+    stop: signals.StopRequest,
 ) -> None:
     trial, values = claimed
     trial_dir = spec.paths.trial_dir(trial.number)
@@ -137,16 +147,23 @@ def _run_one(
     trial.set_user_attr("trial_dir", str(trial_dir))
     if spec.job_id:
         trial.set_user_attr("job_id", spec.job_id)
+        # A requeued job keeps its id: the restart count tells which run held the trial.
+        trial.set_user_attr("restart_count", int(os.environ.get("SLURM_RESTART_COUNT", "0")))
     logger.info("Trial %d started: %s", trial.number, _format_values(values))
 
     request = TrialRequest(number=trial.number, values=values, seed=seed, trial_dir=str(trial_dir))
     started = time.monotonic()
     try:
-        outcome = host.run(request, lambda step, value: _report(trial, step, value))
+        outcome = host.run(
+            request, lambda step, value: _report(trial, step, value), lambda: stop.requested
+        )
     except HostDied as error:
         outcome = TrialOutcome("failed", error=f"HostDied: {error}")
     duration_s = time.monotonic() - started
     trial.set_user_attr("duration_s", round(duration_s, 3))
+    if outcome.state == "interrupted":
+        _retry_interrupted(study, trial, stop)
+        return
     _record(study, trial, outcome, duration_s)
     _keep_best_models(study, spec)
 
@@ -154,6 +171,11 @@ def _run_one(
 def _report(trial: optuna.Trial, step: int, value: float) -> bool:
     trial.report(value, step)
     return trial.should_prune()
+
+
+def _retry_interrupted(study: optuna.Study, trial: optuna.Trial, stop: signals.StopRequest) -> None:
+    error = f"Interrupted: the worker received {stop.name}"
+    fail_and_retry(study, trial, error, count_attempt=False)
 
 
 def _record(
@@ -242,4 +264,5 @@ def spec_from_state(state: dict[str, Any], paths: SweepPaths, job_id: str | None
         seed=tuning.seed,
         keep_models=int(state.get("keep_models", 1)),
         job_id=job_id,
+        max_requeues=int(state.get("max_requeues", 10)),
     )

@@ -170,3 +170,39 @@ def test_resubmit_adds_jobs(slurm: None, tmp_path: Path, database_url: str) -> N
     assert len(state["submissions"]) == 2
     # The budget was spent: the new workers take no trial and the report stays whole.
     assert len(load_trials(database_url)) == 4
+
+
+def test_pre_timeout_signal_requeues(slurm: None, tmp_path: Path, database_url: str) -> None:
+    import json
+
+    config = CONFIG.format(n_trials=2, duration_s=8.0).replace("workers: 4", "workers: 1")
+    (tmp_path / "config.yml").write_text(config)
+    result = run_hpc("sweep", "--config", "config.yml", "--storage", database_url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    array, finalize = job_ids(result.stdout)
+    task = f"{array}_0"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        trials = load_trials(database_url)
+        if any(t.state == optuna.trial.TrialState.RUNNING for t in trials):
+            break
+        time.sleep(1)
+    time.sleep(2)
+    # What Slurm sends before a time-limit kill; it reaches the srun step that runs Python.
+    scheduler.run_scheduler(["scancel", "--signal=USR2", task])
+    wait_for_jobs([array, finalize], timeout_s=300)
+
+    trials = sorted(load_trials(database_url), key=lambda t: t.number)
+    first = trials[0]
+    assert first.state == optuna.trial.TrialState.FAIL
+    assert "SIGUSR2" in first.user_attrs["error"]
+    [retry] = [t for t in trials if t.user_attrs.get("retry_of") == first.number]
+    assert retry.state == optuna.trial.TrialState.COMPLETE
+    assert retry.params == first.params
+    assert retry.user_attrs["seed"] == first.user_attrs["seed"]
+    assert retry.user_attrs["restart_count"] == 1
+    assert retry.number == first.number + 1  # the retry runs before any new trial
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 2
+    state = json.loads((tmp_path / "checkpoint" / "jobs" / "state" / f"{task}.json").read_text())
+    assert state["requeues"] == 1
