@@ -110,7 +110,13 @@ def test_array_sweep_with_failed_task(slurm: None, tmp_path: Path, database_url:
 
 
 def test_hand_submitted_workers_join(slurm: None, tmp_path: Path, database_url: str) -> None:
-    (tmp_path / "config.yml").write_text(CONFIG.format(n_trials=16, duration_s=3.0))
+    # One worker and no GPU: the 4 hand-submitted tasks find free resources and budget left,
+    # even when other jobs hold the cluster's GPUs.
+    config = CONFIG.format(n_trials=16, duration_s=3.0)
+    config = config.replace("workers: 4", "workers: 1").replace(
+        "gpus_per_task: 1", "gpus_per_task: 0"
+    )
+    (tmp_path / "config.yml").write_text(config)
     result = run_hpc("sweep", "--config", "config.yml", "--storage", database_url, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     array, finalize = job_ids(result.stdout)
