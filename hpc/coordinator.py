@@ -17,8 +17,8 @@ import sqlalchemy
 
 from hpc import local_workers, scheduler, slurm_executor, tables
 from hpc.claims import Budget, budget_left, count_trials
-from hpc.reaper import reap_lost_trials
-from hpc.storage import create_engine, hide_password, optuna_storage
+from hpc.reaper import reap_ended_slurm_workers, reap_lost_trials
+from hpc.storage import check_jobs_can_authenticate, create_engine, hide_password, optuna_storage
 from hpc.sweep import (
     Storage,
     Sweep,
@@ -196,11 +196,21 @@ def _check_slurm_storage(sweep: Sweep, request: SweepRequest) -> None:
 
 
 def _submit_to_slurm(sweep: Sweep, request: SweepRequest, preflight_done: bool) -> int:
+    slurm_executor.refuse_if_jobs_active(sweep)
+    # Rendered and checked by sbatch --test-only before the study exists, so a wrong
+    # partition or resource request leaves nothing behind.
+    slurm_executor.render_scripts(sweep, Path.cwd())
+    slurm_executor.test_scripts(sweep)
     storage = open_storage(sweep, request, create=True)
+    if storage.server is None:
+        check_jobs_can_authenticate(storage.url)
     study = create_or_load_study(sweep, storage)
     write_state(sweep, storage, executor="slurm")
     engine = create_engine(storage.url, storage.schema)
     try:
+        reaped = reap_ended_slurm_workers(engine, study, sweep.name)
+        if reaped:
+            print(f"{reaped} trials left running by ended jobs run again first.")
         reason = _stop_reason(engine, sweep, budget_of(sweep))
     finally:
         engine.dispose()
@@ -211,7 +221,6 @@ def _submit_to_slurm(sweep: Sweep, request: SweepRequest, preflight_done: bool) 
         return 0
     if not preflight_done:
         _preflight(sweep, request)
-    slurm_executor.render_scripts(sweep, Path.cwd())
     submission = slurm_executor.submit(sweep)
     logger.info("Study %s has %d trials.", study.study_name, len(study.trials))
     slurm_executor.print_submission(sweep, submission)

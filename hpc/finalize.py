@@ -8,9 +8,9 @@ from pathlib import Path
 
 from hpc import scheduler, slurm_executor, tables
 from hpc.coordinator import budget_of, write_final_report
-from hpc.reaper import reap_lost_trials
+from hpc.reaper import reap_ended_slurm_workers
 from hpc.storage import create_engine, optuna_storage
-from hpc.sweep import Sweep, SweepRequest, close_storage, load_sweep, open_storage
+from hpc.sweep import Storage, Sweep, SweepRequest, close_storage, load_sweep, open_storage
 from hpc.sweep_state import SweepPaths, read_sweep_state
 from tuner.errors import HpcTuneError
 
@@ -47,8 +47,11 @@ def finalize(sweep_dir: Path) -> int:
         logger.info("Report written to %s", report_dir)
         print(f"Report: {report_dir}")
     finally:
-        # The last job of the sweep stops the embedded server it used.
-        close_storage(storage, force=storage.server is not None)
+        # The last job of the sweep stops the embedded server it used, unless workers added
+        # by hand still run.
+        close_storage(
+            storage, force=storage.server is not None and not _workers_active(sweep, storage)
+        )
     return 0
 
 
@@ -63,10 +66,53 @@ def resubmit(config_path: Path, storage_url: str | None) -> int:
             "No Slurm controller responds to 'scontrol ping' from this machine: run resubmit on a "
             "login node of the cluster."
         )
+    slurm_executor.refuse_if_jobs_active(sweep)
     slurm_executor.render_scripts(sweep, Path(sweep.state["working_dir"]))
+    slurm_executor.test_scripts(sweep)
+    storage = open_storage(sweep, request, create=False)
+    try:
+        _reap_ended_jobs(sweep, storage)
+        reason = _budget_reason(sweep, storage)
+    finally:
+        close_storage(storage)
+    if reason is not None:
+        print(f"Nothing left to run: {reason}. Rebuild the report with 'make report'.")
+        return 0
     submission = slurm_executor.submit(sweep)
     slurm_executor.print_submission(sweep, submission)
     return 0
+
+
+def _budget_reason(sweep: Sweep, storage: Storage) -> str | None:
+    from hpc.claims import budget_left, count_trials
+
+    engine = create_engine(storage.url, storage.schema)
+    try:
+        with engine.connect() as connection:
+            counts = count_trials(connection, sweep.study_name)
+    finally:
+        engine.dispose()
+    if counts.running:
+        return None
+    return budget_left(counts, budget_of(sweep))
+
+
+def _workers_active(sweep: Sweep, storage: Storage) -> bool:
+    engine = create_engine(storage.url, storage.schema)
+    try:
+        workers = tables.unfinished_workers_with_jobs(engine, sweep.name)
+    finally:
+        engine.dispose()
+    job_ids = sorted({job for job in workers.values() if job})
+    if not job_ids:
+        return False
+    active = [state for state in scheduler.query_jobs(job_ids) if state.active]
+    if active:
+        logger.warning(
+            "Workers %s still run: the embedded PostgreSQL server stays up for them.",
+            ", ".join(state.display_id for state in active),
+        )
+    return bool(active)
 
 
 def _sweep_from_dir(sweep_dir: Path) -> Sweep:
@@ -80,27 +126,19 @@ def _sweep_from_dir(sweep_dir: Path) -> Sweep:
     )
 
 
-def _reap_ended_jobs(sweep: Sweep, storage: object) -> None:
-    """Reap the trials of workers whose Slurm job no longer runs, and of dead local workers."""
+def _reap_ended_jobs(sweep: Sweep, storage: Storage) -> None:
     import optuna
 
-    url, schema = storage.url, storage.schema  # type: ignore[attr-defined]
-    engine = create_engine(url, schema)
+    engine = create_engine(storage.url, storage.schema)
     try:
         study = optuna.load_study(
-            study_name=sweep.study_name, storage=optuna_storage(url, schema, create_tables=False)
+            study_name=sweep.study_name,
+            storage=optuna_storage(storage.url, storage.schema, create_tables=False),
         )
-        workers = tables.unfinished_workers_with_jobs(engine, sweep.name)
-        job_ids = sorted({job for job in workers.values() if job})
-        states = scheduler.query_jobs(job_ids) if job_ids else []
-        running = {state.display_id for state in states if state.active}
-        ended = {worker for worker, job in workers.items() if job and job not in running}
-        if ended:
-            tables.mark_ended(engine, ended, "Slurm job ended")
-        reaped = reap_lost_trials(engine, study, sweep.name, extra_dead=ended)
+        reaped = reap_ended_slurm_workers(engine, study, sweep.name)
         if reaped:
             logger.warning(
-                "%d trials were left running by ended workers; they are queued again.", reaped
+                "%d trials were left running by ended jobs; they run again first.", reaped
             )
     finally:
         engine.dispose()

@@ -86,3 +86,35 @@ def fail_and_retry(
             MAX_ATTEMPTS,
         )
     study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
+
+def reap_ended_slurm_workers(
+    engine: sqlalchemy.Engine, study: optuna.Study, sweep_name: str
+) -> int:
+    """Reap the trials of workers whose Slurm job no longer runs, and of dead local workers.
+
+    A job that Slurm still lists as pending, running or requeued keeps its workers' trials:
+    a requeued job's new run reaps the trials of its earlier run when it starts.
+    """
+    from hpc import scheduler
+
+    workers = tables.unfinished_workers_with_jobs(engine, sweep_name)
+    job_ids = sorted({job for job in workers.values() if job})
+    states = scheduler.query_jobs(job_ids) if job_ids else []
+    active = {state.display_id for state in states if state.active}
+    ended = {worker for worker, job in workers.items() if job and job not in active}
+    if ended:
+        tables.mark_ended(engine, ended, "Slurm job ended")
+    return reap_lost_trials(engine, study, sweep_name, extra_dead=ended)
+
+
+def reap_earlier_runs(
+    engine: sqlalchemy.Engine, study: optuna.Study, sweep_name: str, job_id: str, worker_id: int
+) -> int:
+    """Reap the trials of earlier runs of this worker's own job (a requeued job keeps its id)."""
+    workers = tables.unfinished_workers_with_jobs(engine, sweep_name)
+    earlier = {worker for worker, job in workers.items() if job == job_id and worker != worker_id}
+    if not earlier:
+        return 0
+    tables.mark_ended(engine, earlier, "job requeued")
+    return reap_lost_trials(engine, study, sweep_name, extra_dead=earlier)

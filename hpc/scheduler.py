@@ -252,7 +252,12 @@ def cancel_jobs(job_ids: Sequence[str], timeout_s: float = 60.0) -> None:
         run_scheduler(["scancel", *ids], timeout_s=timeout_s)
 
 
-def submit_script(script: Path, extra_args: Sequence[str] = (), timeout_s: float = 60.0) -> str:
+def submit_script(
+    script: Path,
+    extra_args: Sequence[str] = (),
+    timeout_s: float = 60.0,
+    parse_job_id: bool = True,
+) -> str:
     """Submit a batch script with `sbatch --parsable [extra_args] script`.
 
     sbatch runs without PGPASSWORD and SBATCH_EXPORT in its environment, so the script's own
@@ -269,24 +274,34 @@ def submit_script(script: Path, extra_args: Sequence[str] = (), timeout_s: float
     Raises:
         SchedulerError: sbatch failed or printed no job id.
     """
-    env = {key: value for key, value in os.environ.items() if key not in SUBMIT_ENV_REMOVED}
-    if "SBATCH_EXPORT" in os.environ:
+    # SBATCH_* variables override the script's #SBATCH lines (SBATCH_EXPORT would undo the
+    # explicit environment list, SBATCH_NO_REQUEUE the requeue): the script alone decides.
+    overrides = sorted(key for key in os.environ if key.startswith("SBATCH_"))
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in SUBMIT_ENV_REMOVED and not key.startswith("SBATCH_")
+    }
+    if overrides:
         logger.warning(
-            "Ignoring SBATCH_EXPORT=%s for this submission: the job script lists the "
-            "variables a job receives (hpc.slurm.exported_env).",
-            os.environ["SBATCH_EXPORT"],
+            "Ignoring %s for this submission: the rendered script sets every option; use "
+            "hpc.slurm settings instead.",
+            ", ".join(overrides),
         )
     command = ["sbatch", "--parsable", *extra_args, str(script)]
     try:
         result = run_scheduler(command, timeout_s=timeout_s, env=env)
     except SchedulerError as error:
         raise SchedulerError(
-            f"{error} Check the hpc.slurm settings (partition, account, qos, resources) "
+            f"{error}. Check the hpc.slurm settings (partition, account, qos, resources) "
             "against 'sinfo' and your site's limits.",
             error.command,
             error.returncode,
             error.stderr,
         ) from error
+    if not parse_job_id:
+        # `--test-only` prints its estimate on stderr and submits nothing.
+        return ""
     job_id = parse_sbatch_job_id(result.stdout)
     logger.info("Submitted %s as job %s", script, job_id)
     return job_id

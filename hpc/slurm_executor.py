@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 from hpc import scheduler, templates
 from hpc.sweep import Sweep
 from hpc.sweep_state import read_sweep_state, write_json_atomic
+from tuner.errors import HpcTuneError
 
 logger = logging.getLogger(__name__)
 
@@ -61,24 +63,67 @@ def render_scripts(sweep: Sweep, working_dir: Path) -> tuple[Path, Path]:
 
 
 def submit(sweep: Sweep) -> Submission:
-    """Submit the rendered worker array, then a finalize job that runs after all of it."""
+    """Submit the rendered worker array, then a finalize job that runs after all of it.
+
+    If the finalize job is rejected, the array is cancelled, so no worker runs unrecorded.
+    """
     folder = sbatch_dir(sweep)
     array_job_id = scheduler.submit_script(folder / WORKER_SCRIPT)
-    # afterany, not afterok: one failed array task must not block the report.
-    finalize_job_id = scheduler.submit_script(
-        folder / FINALIZE_SCRIPT, extra_args=[f"--dependency=afterany:{array_job_id}"]
-    )
+    try:
+        # afterany, not afterok: one failed array task must not block the report.
+        finalize_job_id = scheduler.submit_script(
+            folder / FINALIZE_SCRIPT, extra_args=[f"--dependency=afterany:{array_job_id}"]
+        )
+    except scheduler.SchedulerError:
+        scheduler.cancel_jobs([array_job_id])
+        logger.error("Cancelled worker array %s: its finalize job was rejected.", array_job_id)
+        raise
     _record_jobs(sweep, array_job_id, finalize_job_id)
     return Submission(array_job_id, finalize_job_id, sweep.paths.jobs_dir / "slurm")
+
+
+def test_scripts(sweep: Sweep) -> None:
+    """Check the rendered scripts with `bash -n` and `sbatch --test-only`, submitting nothing.
+
+    Raises:
+        HpcTuneError: With the script, and the shell's or sbatch's message.
+    """
+    for name in (WORKER_SCRIPT, FINALIZE_SCRIPT):
+        script = sbatch_dir(sweep) / name
+        syntax = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        if syntax.returncode != 0:
+            raise HpcTuneError(
+                f"{script}: invalid shell ({syntax.stderr.strip()}). Check hpc.slurm.setup."
+            )
+        scheduler.submit_script(script, extra_args=["--test-only"], parse_job_id=False)
+
+
+def refuse_if_jobs_active(sweep: Sweep) -> None:
+    """Stop a second submission while jobs of an earlier one are still queued or running."""
+    recorded = (sweep.state or {}).get("submissions", [])
+    job_ids = [job for entry in recorded for job in (entry["workers"], entry["finalize"])]
+    if not job_ids:
+        return
+    active = sorted({state.job_id for state in scheduler.query_jobs(job_ids) if state.active})
+    if active:
+        raise HpcTuneError(
+            f"Sweep {sweep.name} still has jobs queued or running ({', '.join(active)}). Follow "
+            f"them with 'make status CONFIG={sweep.loaded.path}', add workers with 'sbatch "
+            f"{sbatch_dir(sweep) / WORKER_SCRIPT}', or cancel them with 'scancel' first."
+        )
 
 
 def print_submission(sweep: Sweep, submission: Submission) -> None:
     config = sweep.loaded.path
     print(f"Sweep {sweep.name}: submitted to Slurm.")
-    print(f"  workers:  array job {submission.array_job_id} ({sweep.settings.workers} tasks)")
+    tasks = "1 task" if sweep.settings.workers == 1 else f"{sweep.settings.workers} tasks"
+    print(f"  workers:  array job {submission.array_job_id} ({tasks})")
     print(f"  finalize: job {submission.finalize_job_id} (after the workers, writes the report)")
     print(f"  logs:     {submission.log_dir}")
-    print(f"  scripts:  {sbatch_dir(sweep)} (sbatch worker.sbatch adds workers)")
+    print(
+        f"  scripts:  {sbatch_dir(sweep)} (sbatch worker.sbatch adds {sweep.settings.workers} "
+        "more workers)"
+    )
     print(f"Follow:   make status CONFIG={config}   or   squeue -u $USER")
     print(
         f"Cancel:   scancel {submission.finalize_job_id} {submission.array_job_id} "

@@ -279,10 +279,16 @@ def _extra_sbatch(value: Any) -> tuple[str, ...]:
                 "e.g. '--exclusive', without the '#SBATCH' prefix."
             )
         name = _option_name(option)
-        if name in RESERVED_SBATCH_OPTIONS:
+        # sbatch accepts any unambiguous prefix of a long option (--sig for --signal).
+        reserved = [
+            full
+            for full in RESERVED_SBATCH_OPTIONS
+            if full == name or (name.startswith("--") and len(name) > 2 and full.startswith(name))
+        ]
+        if reserved:
             raise ConfigError(
-                f"{where}: {option!r} sets {name}, which hpc-tune controls. "
-                f"Use {RESERVED_SBATCH_OPTIONS[name]}."
+                f"{where}: {option!r} sets {reserved[0]}, which hpc-tune controls. "
+                f"Use {RESERVED_SBATCH_OPTIONS[reserved[0]]}."
             )
     return tuple(options)
 

@@ -6,6 +6,7 @@ import getpass
 import logging
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -48,9 +49,9 @@ def parse_storage_url(url: str, source: str) -> URL:
         shown = hide_password(parsed.difference_update_query(secret_keys))
         raise ConfigError(
             f"{source}: the storage URL contains {where} ({shown}). Remove it from the URL and "
-            "put the password in ~/.pgpass (mode 0600, line HOST:PORT:DATABASE:USER:PASSWORD), "
-            "in the file named by PGPASSFILE, or in PGPASSWORD on the machine where you run "
-            "hpc-tune."
+            "put the password in ~/.pgpass (mode 0600, line HOST:PORT:DATABASE:USER:PASSWORD) "
+            "or in the file named by PGPASSFILE (PGPASSWORD works for local workers only: Slurm "
+            "jobs never receive it)."
         )
     if parsed.get_backend_name() != "postgresql":
         raise ConfigError(
@@ -136,3 +137,49 @@ def _connect_args(schema: str) -> dict[str, Any]:
 
 def _application_name() -> str:
     return f"hpc-tune pid {os.getpid()}"
+
+
+def check_jobs_can_authenticate(url: URL | str) -> None:
+    """Stop a Slurm submission whose jobs could not log in to the database.
+
+    Jobs never receive PGPASSWORD (Slurm stores job environments). When the login node has it
+    but no line of the password file matches the URL, every job would fail to connect.
+
+    Raises:
+        ConfigError: With the password file to fill and the line to add.
+    """
+    if not os.environ.get("PGPASSWORD"):
+        return
+    parsed = make_url(url) if isinstance(url, str) else url
+    host = parsed.host or "localhost"
+    port = str(parsed.port or 5432)
+    user = parsed.username or getpass.getuser()
+    database = parsed.database or user
+    path = Path(os.environ.get("PGPASSFILE") or Path.home() / ".pgpass")
+    if _pgpass_matches(path, (host, port, database, user)):
+        return
+    raise ConfigError(
+        f"PGPASSWORD is set, but Slurm jobs never receive it and {path} has no line for "
+        f"{host}:{port}:{database}:{user}, so every job would fail to connect. Add the line "
+        f"'{host}:{port}:{database}:{user}:PASSWORD' to {path} (mode 0600), or set PGPASSFILE "
+        "to such a file, then submit again."
+    )
+
+
+def _pgpass_matches(path: Path, wanted: tuple[str, str, str, str]) -> bool:
+    """Return whether a libpq password file has a line for host, port, database and user."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = [
+            field.replace("\\:", ":").replace("\\\\", "\\") for field in re.split(r"(?<!\\):", line)
+        ]
+        if len(fields) < 5:
+            continue
+        if all(pattern in ("*", value) for pattern, value in zip(fields[:4], wanted, strict=True)):
+            return True
+    return False

@@ -108,6 +108,9 @@ def load_sweep(request: SweepRequest, use_recorded_overrides: bool = False) -> S
     url, source = storage_setting(request, settings)
     if url is not None and url != EMBEDDED:
         parse_storage_url(url, source)  # a password in it fails here, before anything starts
+    if os.environ.get(STORAGE_ENV) and os.environ[STORAGE_ENV] != EMBEDDED:
+        # Checked even when unused: every HPC_TUNE_* variable is passed to Slurm jobs.
+        parse_storage_url(os.environ[STORAGE_ENV], STORAGE_ENV)
     name = settings.sweep_name or default_sweep_name(loaded.path)
     paths = SweepPaths(loaded.tuning.checkpoint_dir.expanduser().resolve())
     state = read_sweep_state(paths)

@@ -15,7 +15,7 @@ import optuna
 from hpc import signals, tables
 from hpc.claims import Budget, claim
 from hpc.log_context import LOG_CONTEXT
-from hpc.reaper import fail_and_retry
+from hpc.reaper import fail_and_retry, reap_earlier_runs
 from hpc.storage import create_engine, optuna_storage
 from hpc.sweep_state import SweepPaths
 from hpc.trial_host import TRIAL_LOG, HostDied, TrialHost, TrialOutcome
@@ -92,6 +92,12 @@ def run_worker(spec: WorkerSpec) -> WorkerSummary:
         ),
         pruner=build_pruner(spec.objective.tuning.pruner),
     )
+    if spec.job_id:
+        reaped = reap_earlier_runs(engine, study, spec.sweep_name, spec.job_id, worker_id)
+        if reaped:
+            logger.warning(
+                "%d trials of an earlier run of job %s run again first.", reaped, spec.job_id
+            )
     stop = signals.StopRequest()
     signals.install(stop)
     host = TrialHost(spec.objective)

@@ -167,6 +167,14 @@ def test_resubmit_adds_jobs(slurm: None, tmp_path: Path, database_url: str) -> N
     assert first.returncode == 0, first.stderr[-3000:]
     wait_for_jobs(list(job_ids(first.stdout)))
 
+    # The budget is spent: resubmit submits nothing.
+    done = run_hpc("resubmit", "--config", "config.yml", "--storage", database_url, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Nothing left to run" in done.stdout
+
+    # With a larger budget, resubmit adds workers and a finalize job that run the rest.
+    config = tmp_path / "config.yml"
+    config.write_text(config.read_text().replace("n_trials: 4", "n_trials: 6"))
     more = run_hpc("resubmit", "--config", "config.yml", "--storage", database_url, cwd=tmp_path)
     assert more.returncode == 0, more.stderr[-3000:]
     array, finalize = job_ids(more.stdout)
@@ -174,8 +182,7 @@ def test_resubmit_adds_jobs(slurm: None, tmp_path: Path, database_url: str) -> N
     state = json.loads((tmp_path / "checkpoint" / "sweep.json").read_text())
     assert [entry["workers"] for entry in state["submissions"]][-1] == array
     assert len(state["submissions"]) == 2
-    # The budget was spent: the new workers take no trial and the report stays whole.
-    assert len(load_trials(database_url)) == 4
+    assert len(load_trials(database_url)) == 6
 
 
 def test_pre_timeout_signal_requeues(slurm: None, tmp_path: Path, database_url: str) -> None:

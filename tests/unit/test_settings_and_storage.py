@@ -97,3 +97,44 @@ def test_password_in_query_rejected(query: str) -> None:
 
 def test_empty_password_is_no_password() -> None:
     assert parse_storage_url("postgresql://alice:@db/optuna", "--storage").password is None
+
+
+def test_jobs_need_pgpass_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpc.storage import check_jobs_can_authenticate
+
+    pgpass = tmp_path / "pgpass"
+    monkeypatch.setenv("PGPASSWORD", "secret")
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))
+    url = "postgresql+psycopg2://alice@db.example:5433/optuna"
+    with pytest.raises(ConfigError) as error:
+        check_jobs_can_authenticate(url)
+    assert "db.example:5433:optuna:alice" in str(error.value)
+    assert "secret" not in str(error.value)
+
+    pgpass.write_text("# comment\nother:5432:*:bob:x\ndb.example:*:optuna:alice:secret\n")
+    check_jobs_can_authenticate(url)
+
+
+def test_no_pgpassword_needs_no_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpc.storage import check_jobs_can_authenticate
+
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    check_jobs_can_authenticate("postgresql+psycopg2://alice@db.example/optuna")
+
+
+def test_storage_env_with_password_rejected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpc.sweep import SweepRequest, load_sweep
+
+    config = tmp_path / "config.yml"
+    config.write_text(
+        "model: {lr: 0.1}\ntuning:\n  output_dir: r\n  checkpoint_dir: c\n  n_trials: 2\n"
+        "  hyperparameters: {model.lr: {type: float, low: 0.1, high: 1}}\n"
+        "hpc: {storage: 'postgresql://alice@db/optuna'}\n"
+    )
+    monkeypatch.setenv("HPC_TUNE_STORAGE", "postgresql://alice:secret@db/optuna")
+    with pytest.raises(ConfigError) as error:
+        load_sweep(SweepRequest(config_path=config))
+    assert "HPC_TUNE_STORAGE" in str(error.value)
+    assert "secret" not in str(error.value)

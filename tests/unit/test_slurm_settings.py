@@ -182,3 +182,9 @@ def test_validate_env_name_names_its_source() -> None:
     assert validate_env_name("PGPASSFILE", "here") == "PGPASSFILE"
     with pytest.raises(ConfigError, match=r"^somewhere: PGPASSWORD cannot be passed"):
         validate_env_name("PGPASSWORD", "somewhere")
+
+
+@pytest.mark.parametrize("option", ["--sig=KILL@1", "--no-req", "--out=/tmp/leak-%A.out"])
+def test_abbreviated_reserved_option_rejected(option: str) -> None:
+    with pytest.raises(ConfigError, match="which hpc-tune controls"):
+        parse_slurm_section({"extra_sbatch": [option]})
