@@ -476,10 +476,12 @@ def test_real_sbatch_reads_quoted_paths(tmp_path: Path) -> None:
         assert f"Command={script}\n" in job_details
         assert "ArrayTaskThrottle" not in job_details
         assert "Requeue=1" in job_details
-        # Accounting records a new job a moment after sbatch returns.
+        # Accounting records a new job, then its pending reason, a moment after sbatch returns.
         deadline = time.monotonic() + 30
         states = scheduler.query_jobs([job_id])
-        while not states and time.monotonic() < deadline:
+        while time.monotonic() < deadline and (
+            not states or any(state.reason is None for state in states)
+        ):
             time.sleep(1)
             states = scheduler.query_jobs([job_id])
         assert {state.state for state in states} == {"PENDING"}
