@@ -152,7 +152,12 @@ def test_embedded_server_on_one_node(slurm: None, tmp_path: Path) -> None:
         summary = (tmp_path / "results" / "result_summary.txt").read_text()
         assert "COMPLETE: 4" in summary
         # The finalize job, the last job of the sweep, stops the server.
-        assert not embedded_pg.is_running(data_dir)
+        deadline = time.monotonic() + 30
+        while embedded_pg.is_running(data_dir) and time.monotonic() < deadline:
+            time.sleep(1)
+        logs = sorted((tmp_path / "checkpoint" / "jobs" / "slurm").glob(f"*{finalize}*"))
+        finalize_log = "\n".join(log.read_text()[-2000:] for log in logs)
+        assert not embedded_pg.is_running(data_dir), finalize_log
     finally:
         if not str(data_dir).startswith(str(tmp_path)):
             shutil.rmtree(data_dir, ignore_errors=True)
