@@ -1,1 +1,1 @@
-"""Where and when trials run: storage, workers, executors, job state and the CLI."""
+"""Execution of trials: storage, workers, executors, job state and the CLI."""

@@ -44,7 +44,7 @@ STATE_FIELDS = {
 
 @dataclass(frozen=True)
 class Budget:
-    """What a study may still spend.
+    """Budget of one study's phase.
 
     Attributes:
         n_trials: Exact number of finished trials, or None.

@@ -196,16 +196,18 @@ def _check_slurm_storage(sweep: Sweep, request: SweepRequest) -> None:
 
 
 def _submit_to_slurm(sweep: Sweep, request: SweepRequest, preflight_done: bool) -> int:
-    slurm_executor.refuse_if_jobs_active(sweep)
+    slurm_executor.reject_if_jobs_active(sweep)
     # Rendered and checked by sbatch --test-only before the study exists, so a wrong
     # partition or resource request leaves nothing behind.
     slurm_executor.render_scripts(sweep, Path.cwd())
     slurm_executor.test_scripts(sweep)
+
     storage = open_storage(sweep, request, create=True)
     if storage.server is None:
         check_jobs_can_authenticate(storage.url)
     study = create_or_load_study(sweep, storage)
     write_state(sweep, storage, executor="slurm")
+
     engine = create_engine(storage.url, storage.schema)
     try:
         reaped = reap_ended_slurm_workers(engine, study, sweep.name)
@@ -219,6 +221,7 @@ def _submit_to_slurm(sweep: Sweep, request: SweepRequest, preflight_done: bool) 
         print(f"Report: {write_final_report(sweep, storage)}")
         close_storage(storage)
         return 0
+
     if not preflight_done:
         _preflight(sweep, request)
     submission = slurm_executor.submit(sweep)

@@ -7,10 +7,19 @@ import os
 from pathlib import Path
 
 from hpc import scheduler, slurm_executor, tables
+from hpc.claims import budget_left
 from hpc.coordinator import budget_of, write_final_report
 from hpc.reaper import reap_ended_slurm_workers
 from hpc.storage import create_engine, optuna_storage
-from hpc.sweep import Storage, Sweep, SweepRequest, close_storage, load_sweep, open_storage
+from hpc.sweep import (
+    Storage,
+    Sweep,
+    SweepRequest,
+    close_storage,
+    count_sweep_trials,
+    load_sweep,
+    open_storage,
+)
 from hpc.sweep_state import SweepPaths, read_sweep_state
 from tuner.errors import HpcTuneError
 
@@ -26,14 +35,7 @@ def finalize(sweep_dir: Path) -> int:
     storage = open_storage(sweep, SweepRequest(config_path=sweep.loaded.path), create=False)
     try:
         _reap_ended_jobs(sweep, storage)
-        engine = create_engine(storage.url, storage.schema)
-        try:
-            from hpc.claims import budget_left, count_trials
-
-            with engine.connect() as connection:
-                counts = count_trials(connection, sweep.study_name)
-        finally:
-            engine.dispose()
+        counts = count_sweep_trials(sweep, storage)
         reason = budget_left(counts, budget_of(sweep))
         if reason is None and not counts.running:
             logger.warning(
@@ -66,7 +68,7 @@ def resubmit(config_path: Path, storage_url: str | None) -> int:
             "No Slurm controller responds to 'scontrol ping' from this machine: run resubmit on a "
             "login node of the cluster."
         )
-    slurm_executor.refuse_if_jobs_active(sweep)
+    slurm_executor.reject_if_jobs_active(sweep)
     slurm_executor.render_scripts(sweep, Path(sweep.state["working_dir"]))
     slurm_executor.test_scripts(sweep)
     storage = open_storage(sweep, request, create=False)
@@ -84,14 +86,7 @@ def resubmit(config_path: Path, storage_url: str | None) -> int:
 
 
 def _budget_reason(sweep: Sweep, storage: Storage) -> str | None:
-    from hpc.claims import budget_left, count_trials
-
-    engine = create_engine(storage.url, storage.schema)
-    try:
-        with engine.connect() as connection:
-            counts = count_trials(connection, sweep.study_name)
-    finally:
-        engine.dispose()
+    counts = count_sweep_trials(sweep, storage)
     if counts.running:
         return None
     return budget_left(counts, budget_of(sweep))

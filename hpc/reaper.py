@@ -54,8 +54,8 @@ def fail_and_retry(
     """Fail a RUNNING trial and queue a copy with the same parameters and training seed.
 
     Args:
-        count_attempt: False for a trial stopped by preemption or a time limit, which says
-            nothing about the trial itself, so it does not use up its attempts.
+        count_attempt: False for a trial stopped by preemption or a time limit, which is
+            no fault of the trial itself, so it does not use up its attempts.
     """
     live = trial if isinstance(trial, optuna.Trial) else optuna.trial.Trial(study, trial._trial_id)
     user_attrs = trial.user_attrs

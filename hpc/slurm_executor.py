@@ -98,7 +98,7 @@ def test_scripts(sweep: Sweep) -> None:
         scheduler.submit_script(script, extra_args=["--test-only"], parse_job_id=False)
 
 
-def refuse_if_jobs_active(sweep: Sweep) -> None:
+def reject_if_jobs_active(sweep: Sweep) -> None:
     """Stop a second submission while jobs of an earlier one are still queued or running."""
     recorded = (sweep.state or {}).get("submissions", [])
     job_ids = [job for entry in recorded for job in (entry["workers"], entry["finalize"])]

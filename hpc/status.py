@@ -6,9 +6,17 @@ from pathlib import Path
 
 import optuna
 
-from hpc.claims import count_trials
-from hpc.storage import create_engine, hide_password, optuna_storage
-from hpc.sweep import PHASE, Storage, Sweep, SweepRequest, close_storage, load_sweep, open_storage
+from hpc.storage import hide_password, optuna_storage
+from hpc.sweep import (
+    PHASE,
+    Storage,
+    Sweep,
+    SweepRequest,
+    close_storage,
+    count_sweep_trials,
+    load_sweep,
+    open_storage,
+)
 from tuner.space import user_values
 
 
@@ -24,19 +32,16 @@ def print_status(config_path: Path, storage_url: str | None) -> int:
 
 
 def _print_sweep(sweep: Sweep, storage: Storage) -> int:
-    engine = create_engine(storage.url, storage.schema)
-    try:
-        with engine.connect() as connection:
-            counts = count_trials(connection, sweep.study_name)
-    finally:
-        engine.dispose()
+    counts = count_sweep_trials(sweep, storage)
     tuning = sweep.loaded.tuning
+
     print(f"Sweep:    {sweep.name} (phase {PHASE}, study {sweep.study_name})")
     print(f"Storage:  {hide_password(storage.url)}")
     print(
         f"Trials:   complete {counts.complete}, pruned {counts.pruned}, failed {counts.failed}, "
         f"running {counts.running}, waiting {counts.waiting}, retried {counts.retried}"
     )
+
     if tuning.n_trials is not None:
         print(f"Budget:   {counts.finished} of {tuning.n_trials} trials finished")
     elif tuning.gpu_hours is not None:
@@ -45,6 +50,7 @@ def _print_sweep(sweep: Sweep, storage: Storage) -> int:
     if not counts.complete:
         print("Best:     no complete trial yet")
         return 0
+
     study = optuna.load_study(
         study_name=sweep.study_name,
         storage=optuna_storage(storage.url, storage.schema, create_tables=False),

@@ -33,7 +33,7 @@ def parse_storage_url(url: str, source: str) -> URL:
         source: Where it came from, for messages (`hpc.storage`, `--storage`, ...).
 
     Raises:
-        ConfigError: When the URL is malformed, not PostgreSQL, or holds a password.
+        ConfigError: When the URL is malformed, not PostgreSQL, or contains a password.
     """
     try:
         parsed = make_url(url)
@@ -82,9 +82,9 @@ def user_schema(user: str | None = None) -> str:
 
 
 def create_engine(url: URL | str, schema: str) -> sqlalchemy.Engine:
-    """Create an engine that holds no idle connection and works in `schema`.
+    """Create an engine that keeps no idle connection and works in `schema`.
 
-    NullPool opens a connection per operation, so 128 idle workers hold no connection.
+    NullPool opens a connection per operation, so idle workers keep no connection open.
     """
     return sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=_connect_args(schema))
 
@@ -104,7 +104,7 @@ def optuna_storage(url: URL | str, schema: str, create_tables: bool) -> optuna.s
 
     Args:
         url: Storage URL.
-        schema: Schema that holds Optuna's tables.
+        schema: Schema that contains Optuna's tables.
         create_tables: True in the coordinator only: concurrent first-time schema creation
             races on PostgreSQL, so workers only load existing tables.
     """

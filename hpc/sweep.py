@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 
 from hpc import tables
+from hpc.claims import StudyCounts, count_trials
 from hpc.settings import HpcSettings, default_sweep_name, parse_hpc_section
 from hpc.storage import (
     STORAGE_ENV,
@@ -289,3 +290,13 @@ def _embedded_server(sweep: Sweep, create: bool) -> tuple[Any, bool]:
     sweep.paths.create()
     server = embedded_pg.ensure_running(sweep.paths.root, sweep.name, data_dir=data_dir)
     return server, not was_running
+
+
+def count_sweep_trials(sweep: Sweep, storage: Storage) -> StudyCounts:
+    """Count the trials of the sweep's study by state, on a connection of its own."""
+    engine = create_engine(storage.url, storage.schema)
+    try:
+        with engine.connect() as connection:
+            return count_trials(connection, sweep.study_name)
+    finally:
+        engine.dispose()

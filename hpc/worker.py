@@ -153,7 +153,7 @@ def _run_one(
     trial.set_user_attr("trial_dir", str(trial_dir))
     if spec.job_id:
         trial.set_user_attr("job_id", spec.job_id)
-        # A requeued job keeps its id: the restart count tells which run held the trial.
+        # A requeued job keeps its id, so the restart count identifies the run that ran the trial.
         trial.set_user_attr("restart_count", int(os.environ.get("SLURM_RESTART_COUNT", "0")))
     logger.info("Trial %d started: %s", trial.number, _format_values(values))
 
@@ -169,9 +169,10 @@ def _run_one(
     trial.set_user_attr("duration_s", round(duration_s, 3))
     if outcome.state == "interrupted":
         _retry_interrupted(study, trial, stop)
+        _delete_model(spec, trial.number)
         return
     _record(study, trial, outcome, duration_s)
-    _keep_best_models(study, spec)
+    _keep_best_models(study, spec, trial.number, complete=outcome.state == "complete")
 
 
 def _report(trial: optuna.Trial, step: int, value: float) -> bool:
@@ -210,30 +211,31 @@ def _record(
         )
 
 
-def _keep_best_models(study: optuna.Study, spec: WorkerSpec) -> None:
-    """Delete saved models of all trials but the `keep_models` best complete ones."""
-    finished = study.get_trials(
-        deepcopy=False,
-        states=(
-            optuna.trial.TrialState.COMPLETE,
-            optuna.trial.TrialState.PRUNED,
-            optuna.trial.TrialState.FAIL,
-        ),
-    )
-    complete = sorted(
-        (t for t in finished if t.state == optuna.trial.TrialState.COMPLETE),
+def _keep_best_models(study: optuna.Study, spec: WorkerSpec, number: int, complete: bool) -> None:
+    """Delete saved models of all trials but the `keep_models` best complete ones.
+
+    A trial that did not complete deletes its own model. A complete trial reads only the
+    complete trials, and deletes the models of those outside the best `keep_models`: pruned
+    and failed trials were handled when they ended, so they are not listed again.
+    """
+    if not complete:
+        _delete_model(spec, number)
+        return
+    ranked = sorted(
+        study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
         key=lambda t: t.value,  # type: ignore[arg-type, return-value]
         reverse=True,
     )
-    keep = {t.number for t in complete[: spec.keep_models]}
-    for frozen in finished:
-        if frozen.number in keep:
-            continue
-        for name in MODEL_FOLDERS:
-            folder = spec.paths.trial_dir(frozen.number) / name
-            if folder.is_dir():
-                shutil.rmtree(folder, ignore_errors=True)
-                logger.debug("Deleted the model of trial %d: %s", frozen.number, folder)
+    for frozen in ranked[spec.keep_models :]:
+        _delete_model(spec, frozen.number)
+
+
+def _delete_model(spec: WorkerSpec, number: int) -> None:
+    for name in MODEL_FOLDERS:
+        folder = spec.paths.trial_dir(number) / name
+        if folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+            logger.debug("Deleted the model of trial %d: %s", number, folder)
 
 
 def _format_values(values: dict[str, Any]) -> str:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the test suite against real services: start the test PostgreSQL server and, as root when
-# no Slurm controller answers, a local Slurm cluster; run pytest; stop what this script started.
+# no Slurm controller responds, a local Slurm cluster; run pytest; stop what this script started.
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -192,8 +192,8 @@ def parse_tuning(section: Mapping[str, Any]) -> TuningSettings:
 def check_paths_exist(config: Any, hyperparameters: tuple[Hyperparameter, ...]) -> None:
     """Check that every hyperparameter's parent section exists in the config.
 
-    The last part may be a new key (an argument the component accepts but the config does
-    not set); preflight checks that the component accepts it.
+    The last part may be a new key that names an argument the config does not set yet.
+    Preflight checks that the component accepts it.
     """
     for hp in hyperparameters:
         if not has_path(config, hp.parts[:-1]):

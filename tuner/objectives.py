@@ -137,7 +137,7 @@ def trial_config(config: Any, tuning: TuningSettings, request: TrialRequest) -> 
 def check_gpu_visible() -> None:
     """Stop a worker that was given GPUs but cannot use them, instead of training on CPU.
 
-    Slurm and submitit set CUDA_VISIBLE_DEVICES for jobs that hold GPUs. If torch then sees no
+    Slurm and submitit set CUDA_VISIBLE_DEVICES for jobs that hold GPUs. If torch then finds no
     CUDA device, every trial would run on CPU while GPU-hours are charged. The test suite's
     fake GPUs set HPC_TUNE_ALLOW_CPU=1 to skip this check.
 
@@ -154,7 +154,7 @@ def check_gpu_visible() -> None:
     if not torch.cuda.is_available():
         raise HpcTuneError(
             f"This worker was given GPUs (CUDA_VISIBLE_DEVICES={visible}) but torch "
-            f"{torch.__version__} sees no CUDA device, so trials would train on CPU. Install a "
+            f"{torch.__version__} finds no CUDA device, so trials would train on CPU. Install a "
             "CUDA build of torch that matches the node's driver (check 'nvidia-smi'), or load the "
             "site's CUDA module in hpc.slurm.setup."
         )

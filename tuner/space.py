@@ -188,7 +188,7 @@ def suggest_values(trial: Any, hyperparameters: Sequence[Hyperparameter]) -> dic
 
     Returns:
         The user-facing values by name: for ordered categorical ones, the choice itself (Optuna
-        samples its index so that TPE sees the order).
+        samples its index so that TPE models the order).
     """
     values: dict[str, Any] = {}
     for hp in hyperparameters:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +17,6 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "quaero"
 METRIC = [("ner", "micro", "f")]
-
-
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Build the tiny model once per session with the example's script."""
-    outdir = tmp_path_factory.getbasetemp() / "tiny-bert"
-    subprocess.run(
-        [sys.executable, str(EXAMPLE / "make_tiny_bert.py"), str(outdir)],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    return outdir
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +24,6 @@ TRANSFORMER_ALIASES = (
     "transformer_warmup_rate",
     "transformer_weight_decay",
 )
-
-
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Build the tiny model once per session with the example's script."""
-    outdir = tmp_path_factory.getbasetemp() / "tiny-bert"
-    subprocess.run(
-        [sys.executable, str(EXAMPLE / "make_tiny_bert.py"), str(outdir)],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    return outdir
 
 
 @pytest.fixture
