@@ -139,7 +139,9 @@ class TrialHost:
             elif kind == "result":
                 value = message[1]
                 if value is None or not math.isfinite(value):
-                    outcome = TrialOutcome("failed", error=f"ValueError: the metric is {value}")
+                    outcome = TrialOutcome(
+                        "failed", error=f"NonFiniteMetric: the metric is {value}"
+                    )
                 else:
                     outcome = TrialOutcome("complete", value=float(value))
             elif kind == "pruned":

@@ -40,6 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.best_config import write_best_config, write_text_atomically
 from tuner.errors import HpcTuneError
+from tuner.retry_policy import RETRIED_ATTR
 from tuner.space import Hyperparameter, user_values
 
 logger = logging.getLogger(__name__)
@@ -336,8 +337,17 @@ def _trial_lines(trials: Sequence[FrozenTrial], context: ReportContext) -> list[
         )
 
     lines.append("Trials by state:")
+    retried = [trial for trial in trials if RETRIED_ATTR in trial.user_attrs]
     for state in REPORTED_STATES:
-        lines.append(f"  {state.name}: {sum(trial.state == state for trial in trials)}")
+        count = sum(
+            trial.state == state and RETRIED_ATTR not in trial.user_attrs for trial in trials
+        )
+        lines.append(f"  {state.name}: {count}")
+    if retried:
+        lines.append(
+            f"  retried: {len(retried)} (failed or stopped, then run again with the same "
+            "parameters and seed; each parameter set counts once)"
+        )
     others = [trial for trial in trials if trial.state not in REPORTED_STATES]
     if others:
         lines.append(f"  other states: {len(others)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -21,7 +22,8 @@ OPTIONS = {
     "steps": 2,  # validations reported per trial
     "fail_trials": [],  # trial numbers that raise an exception
     "nan_trials": [],  # trial numbers that return NaN
-    "crash_trials": [],  # trial numbers whose process exits abruptly (os._exit)
+    "crash_trials": [],  # trial numbers whose process kills itself (SIGKILL, as the OOM killer)
+    "slow_trials": {},  # trial number -> seconds, for the trials that take longer
     "fail_array_tasks": [],  # Slurm array task ids whose worker exits with status 1 at start
 }
 
@@ -36,6 +38,11 @@ class SyntheticObjective:
                 f"hpc.synthetic: unknown keys {unknown}. Valid keys: {', '.join(OPTIONS)}."
             )
         self.options = {**OPTIONS, **dict(options)}
+        if not isinstance(self.options["slow_trials"], Mapping):
+            raise ConfigError(
+                "hpc.synthetic.slow_trials: expected a mapping of trial number to seconds, got "
+                f"{self.options['slow_trials']!r}."
+            )
         self.tuning = tuning
 
     def prepare(self) -> None:
@@ -44,8 +51,9 @@ class SyntheticObjective:
     def run(self, request: TrialRequest, on_score: ScoreCallback) -> float:
         number = request.number
         if number in self.options["crash_trials"]:
-            os._exit(3)
-        duration_s = self._duration_s(request.seed)
+            os.kill(os.getpid(), signal.SIGKILL)
+        slow = {int(key): float(value) for key, value in self.options["slow_trials"].items()}
+        duration_s = slow.get(number, self._duration_s(request.seed))
         steps = max(1, int(self.options["steps"]))
         target = self.score(request.values)
         for step in range(1, steps + 1):

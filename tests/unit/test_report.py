@@ -281,6 +281,21 @@ def test_report_covers_only_its_study(tmp_path: Path, config_path: Path, hyperpa
     assert "Trials covered: 9, numbers 0 to 8" in summary
 
 
+def test_retried_trial_counted_once(tmp_path: Path, config_path: Path, hyperparameters) -> None:
+    study = _quadratic_study(hyperparameters, 4)
+    failed = study.ask()
+    failed.set_user_attr("retried_as", "queued")
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+    lost = study.ask()
+    study.tell(lost, state=optuna.trial.TrialState.FAIL)
+
+    write_report(study, tmp_path, config_path, hyperparameters, CONTEXT)
+
+    summary = (tmp_path / "result_summary.txt").read_text()
+    assert "  FAIL: 2\n" in summary  # one of the helper, one not retried here
+    assert "  retried: 1 (failed or stopped, then run again" in summary
+
+
 def test_report_written_twice(tmp_path: Path, config_path: Path, hyperparameters) -> None:
     study = _quadratic_study(hyperparameters, 10)
 
