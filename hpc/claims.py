@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import sqlalchemy
 from sqlalchemy import text
@@ -138,19 +138,30 @@ def advisory_key(study_name: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+@dataclass(frozen=True)
+class Claim(Generic[T]):
+    """The result of a claim: the started trial, or why none started, with the counts seen."""
+
+    started: T | None
+    reason: str | None
+    counts: StudyCounts
+
+
 def claim(
     engine: sqlalchemy.Engine,
     study_name: str,
     budget: Budget,
     start_trial: Callable[[], T],
-) -> tuple[T | None, str | None]:
+    may_start: Callable[[StudyCounts], str | None] | None = None,
+) -> Claim[T]:
     """Start a trial if the budget allows, atomically across all workers.
 
     The transaction holds a PostgreSQL advisory lock on the study while it counts trials and
     `start_trial` creates the new RUNNING trial, so N workers cannot overshoot `n_trials`.
 
-    Returns:
-        The value of `start_trial()` and None, or None and the reason no trial may start.
+    Args:
+        may_start: A further check of this worker (time left in its job), given the counts:
+            returns why no trial may start here, or None.
     """
     with engine.begin() as connection:
         connection.execute(
@@ -158,6 +169,8 @@ def claim(
         )
         counts = count_trials(connection, study_name)
         reason = budget_left(counts, budget)
+        if reason is None and may_start is not None:
+            reason = may_start(counts)
         if reason is not None:
-            return None, reason
-        return start_trial(), None
+            return Claim(None, reason, counts)
+        return Claim(start_trial(), None, counts)

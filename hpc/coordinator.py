@@ -17,7 +17,7 @@ import sqlalchemy
 
 from hpc import local_workers, scheduler, slurm_executor, tables
 from hpc.claims import Budget, budget_left, count_trials
-from hpc.reaper import reap_ended_slurm_workers, reap_lost_trials
+from hpc.reaper import reap_lost_trials, reap_sweep
 from hpc.storage import check_jobs_can_authenticate, create_engine, hide_password, optuna_storage
 from hpc.sweep import (
     Storage,
@@ -73,7 +73,7 @@ def _run(sweep: Sweep, storage: Storage, request: SweepRequest, preflight_done: 
     engine = create_engine(storage.url, storage.schema)
     budget = budget_of(sweep)
     try:
-        reaped = reap_lost_trials(engine, study, sweep.name)
+        reaped = reap_lost_trials(engine, study, sweep.name, max_retries=sweep.settings.max_retries)
         if reaped:
             print(f"{reaped} trials left running by ended workers run again first.")
         print(f"Sweep {sweep.name}: study {sweep.study_name} in {hide_password(storage.url)}")
@@ -103,14 +103,14 @@ def _run_round(
         local_workers.follow(sweep, storage, jobs)
     except KeyboardInterrupt:
         _end_local_workers(engine, sweep)
-        reaped = reap_lost_trials(engine, study, sweep.name)
+        reaped = reap_lost_trials(engine, study, sweep.name, max_retries=sweep.settings.max_retries)
         print(
             f"Interrupted: workers stopped, {reaped} running trials will run again first. "
             f"Continue with: make sweep CONFIG={sweep.loaded.path}",
             flush=True,
         )
         raise
-    reaped = reap_lost_trials(engine, study, sweep.name)
+    reaped = reap_lost_trials(engine, study, sweep.name, max_retries=sweep.settings.max_retries)
     if reaped:
         logger.warning("%d trials were left running by workers that ended.", reaped)
 
@@ -210,7 +210,7 @@ def _submit_to_slurm(sweep: Sweep, request: SweepRequest, preflight_done: bool) 
 
     engine = create_engine(storage.url, storage.schema)
     try:
-        reaped = reap_ended_slurm_workers(engine, study, sweep.name)
+        reaped = reap_sweep(engine, study, sweep, jobs_ended=True)
         if reaped:
             print(f"{reaped} trials left running by ended jobs run again first.")
         reason = _stop_reason(engine, sweep, budget_of(sweep))

@@ -9,7 +9,7 @@ from pathlib import Path
 from hpc import scheduler, slurm_executor, tables
 from hpc.claims import budget_left
 from hpc.coordinator import budget_of, write_final_report
-from hpc.reaper import reap_ended_slurm_workers
+from hpc.reaper import reap_sweep
 from hpc.storage import create_engine, optuna_storage
 from hpc.sweep import (
     Storage,
@@ -130,7 +130,8 @@ def _reap_ended_jobs(sweep: Sweep, storage: Storage) -> None:
             study_name=sweep.study_name,
             storage=optuna_storage(storage.url, storage.schema, create_tables=False),
         )
-        reaped = reap_ended_slurm_workers(engine, study, sweep.name)
+        # The workers' jobs have ended when this runs (or are checked one by one with Slurm).
+        reaped = reap_sweep(engine, study, sweep, jobs_ended=True)
         if reaped:
             logger.warning(
                 "%d trials were left running by ended jobs; they run again first.", reaped

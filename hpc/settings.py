@@ -24,6 +24,10 @@ DEFAULTS: dict[str, Any] = {
     "synthetic": {},
     "keep_models": 1,
     "max_requeues": 10,
+    "max_retries": 2,
+    "heartbeat_s": 30,
+    "heartbeat_grace_s": 300,
+    "db_retry_s": 600,
     "slurm": {},
 }
 SWEEP_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -44,6 +48,12 @@ class HpcSettings:
         synthetic: Options of the synthetic objective.
         keep_models: How many of the best trials keep their saved model.
         max_requeues: How many times a worker's job requeues itself after pre-timeout signals.
+        max_retries: How many times a failed parameter set runs again (errors that would
+            fail the same way are not retried; see `tuner.retry_policy`).
+        heartbeat_s: Seconds between two heartbeats of a running trial.
+        heartbeat_grace_s: Seconds without a heartbeat after which a trial is stale; it is
+            then retried only if its job or process no longer runs.
+        db_retry_s: How long a worker keeps retrying the database before it gives up.
         slurm: Resources and site setup of Slurm jobs.
     """
 
@@ -55,6 +65,10 @@ class HpcSettings:
     synthetic: Mapping[str, Any]
     keep_models: int
     max_requeues: int = 10
+    max_retries: int = 2
+    heartbeat_s: int = 30
+    heartbeat_grace_s: int = 300
+    db_retry_s: int = 600
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
 
 
@@ -93,6 +107,16 @@ def parse_hpc_section(section: Mapping[str, Any], overrides: Mapping[str, Any]) 
     keep_models = merged["keep_models"]
     if isinstance(keep_models, bool) or not isinstance(keep_models, int) or keep_models < 0:
         raise ConfigError(f"hpc.keep_models: expected an integer >= 0, got {keep_models!r}.")
+    heartbeat_s = _non_negative_int(merged["heartbeat_s"], "hpc.heartbeat_s")
+    grace_s = _non_negative_int(merged["heartbeat_grace_s"], "hpc.heartbeat_grace_s")
+    if heartbeat_s < 1:
+        raise ConfigError("hpc.heartbeat_s: expected an integer >= 1, got 0.")
+    if grace_s < 3 * heartbeat_s:
+        raise ConfigError(
+            f"hpc.heartbeat_grace_s: {grace_s} s is shorter than 3 heartbeats "
+            f"(hpc.heartbeat_s={heartbeat_s}): one slow database write would make a live trial "
+            f"look lost. Set it to at least {3 * heartbeat_s}."
+        )
     if not isinstance(merged["synthetic"], Mapping):
         raise ConfigError(f"hpc.synthetic: expected a mapping, got {merged['synthetic']!r}.")
     return HpcSettings(
@@ -104,6 +128,10 @@ def parse_hpc_section(section: Mapping[str, Any], overrides: Mapping[str, Any]) 
         synthetic=dict(merged["synthetic"]),
         keep_models=keep_models,
         max_requeues=_non_negative_int(merged["max_requeues"], "hpc.max_requeues"),
+        max_retries=_non_negative_int(merged["max_retries"], "hpc.max_retries"),
+        heartbeat_s=heartbeat_s,
+        heartbeat_grace_s=grace_s,
+        db_retry_s=_non_negative_int(merged["db_retry_s"], "hpc.db_retry_s"),
         slurm=parse_slurm_section(merged["slurm"] or {}),
     )
 

@@ -87,29 +87,45 @@ def requeue_or_exit(
     """
     if stop.signum != signal.SIGUSR2 or job_id is None:
         return f"stopped by {stop.name}"
+    return requeue_job(jobs_dir, job_id, max_requeues, f"after {stop.name}")
+
+
+def requeue_job(jobs_dir: Path, job_id: str | None, max_requeues: int, why: str) -> str:
+    """Requeue this worker's Slurm job within `max_requeues`; record it in the job's state.
+
+    The state file is written (atomically) before `scontrol requeue`, so a requeue is never
+    made without being counted, even if the worker is killed right after.
+
+    Returns:
+        The reason the worker stops, for its log and its row in the database.
+    """
+    if job_id is None:
+        return f"stopped {why}"
     state = load_job_state(jobs_dir, job_id)
     if state.requeues >= max_requeues:
         logger.error(
-            "Job %s received %s but was requeued %d times already (hpc.max_requeues=%d): "
+            "Job %s would requeue %s but was requeued %d times already (hpc.max_requeues=%d): "
             "not requeued. Resubmit with 'make resubmit'.",
             job_id,
-            stop.name,
+            why,
             state.requeues,
             max_requeues,
         )
-        return f"stopped by {stop.name}, max_requeues reached"
+        return f"stopped {why}, max_requeues reached"
     requeues = state.requeues + 1
     write_json_atomic(
         state_path(jobs_dir, job_id),
-        {"job_id": job_id, "requeues": requeues, "last_signal": stop.name, "time": time.time()},
+        {"job_id": job_id, "requeues": requeues, "last_reason": why, "time": time.time()},
     )
     own_job = os.environ.get("SLURM_JOB_ID", job_id)
-    scheduler.run_scheduler(["scontrol", "requeue", own_job])
+    result = scheduler.run_scheduler(["scontrol", "requeue", own_job], check=False)
+    if result.returncode != 0:
+        # Preemption with PreemptMode=REQUEUE requeues the job by itself, and scontrol then
+        # refuses; the job runs again either way.
+        logger.warning(
+            "scontrol requeue %s answered: %s", own_job, (result.stderr or result.stdout).strip()
+        )
     logger.warning(
-        "Job %s requeued after %s (requeue %d of at most %d).",
-        job_id,
-        stop.name,
-        requeues,
-        max_requeues,
+        "Job %s requeued %s (requeue %d of at most %d).", job_id, why, requeues, max_requeues
     )
-    return f"requeued after {stop.name}"
+    return f"requeued {why}"

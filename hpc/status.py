@@ -6,7 +6,8 @@ from pathlib import Path
 
 import optuna
 
-from hpc.storage import hide_password, optuna_storage
+from hpc.reaper import reap_sweep
+from hpc.storage import create_engine, hide_password, optuna_storage
 from hpc.sweep import (
     PHASE,
     Storage,
@@ -32,6 +33,7 @@ def print_status(config_path: Path, storage_url: str | None) -> int:
 
 
 def _print_sweep(sweep: Sweep, storage: Storage) -> int:
+    reaped = _reap(sweep, storage)
     counts = count_sweep_trials(sweep, storage)
     tuning = sweep.loaded.tuning
 
@@ -42,6 +44,8 @@ def _print_sweep(sweep: Sweep, storage: Storage) -> int:
         f"running {counts.running}, waiting {counts.waiting}, retried {counts.retried}"
     )
 
+    if reaped:
+        print(f"Reaped:   {reaped} stale trials of ended jobs or processes, queued to run again")
     if tuning.n_trials is not None:
         print(f"Budget:   {counts.finished} of {tuning.n_trials} trials finished")
     elif tuning.gpu_hours is not None:
@@ -60,3 +64,18 @@ def _print_sweep(sweep: Sweep, storage: Storage) -> int:
     for param, value in user_values(best.params, tuning.hyperparameters).items():
         print(f"          {param}: {value}")
     return 0
+
+
+def _reap(sweep: Sweep, storage: Storage) -> int:
+    """Reap stale trials, so that they are cleaned up even when every worker is dead."""
+    if sweep.state is None:
+        return 0
+    engine = create_engine(storage.url, storage.schema)
+    try:
+        study = optuna.load_study(
+            study_name=sweep.study_name,
+            storage=optuna_storage(storage.url, storage.schema, create_tables=False),
+        )
+        return reap_sweep(engine, study, sweep)
+    finally:
+        engine.dispose()

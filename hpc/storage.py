@@ -81,6 +81,9 @@ def user_schema(user: str | None = None) -> str:
     return f"hpc_tune_{name}"[:63]
 
 
+CONNECT_TIMEOUT_S = 10
+
+
 def create_engine(url: URL | str, schema: str) -> sqlalchemy.Engine:
     """Create an engine that keeps no idle connection and works in `schema`.
 
@@ -132,7 +135,17 @@ def check_connection(url: URL, source: str) -> None:
 
 
 def _connect_args(schema: str) -> dict[str, Any]:
-    return {"options": f"-c search_path={schema}", "application_name": _application_name()}
+    # A bounded connect and TCP keepalives: a server or network that went away fails the
+    # operation within seconds instead of hanging, so the caller's retries can run.
+    return {
+        "options": f"-c search_path={schema}",
+        "application_name": _application_name(),
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
 
 
 def _application_name() -> str:

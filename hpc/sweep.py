@@ -243,6 +243,11 @@ def write_state(sweep: Sweep, storage: Storage, executor: str = "local") -> None
         synthetic=dict(sweep.settings.synthetic),
         keep_models=sweep.settings.keep_models,
         max_requeues=sweep.settings.max_requeues,
+        max_retries=sweep.settings.max_retries,
+        heartbeat_s=sweep.settings.heartbeat_s,
+        heartbeat_grace_s=sweep.settings.heartbeat_grace_s,
+        db_retry_s=sweep.settings.db_retry_s,
+        signal_lead_s=sweep.settings.slurm.signal_lead_s,
         workers=sweep.settings.workers,
         executor=executor,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy
@@ -64,13 +65,13 @@ def end_worker(engine: sqlalchemy.Engine, worker_id: int, reason: str) -> None:
 def dead_local_workers(engine: sqlalchemy.Engine, sweep_name: str) -> set[int]:
     """Return the numbers of this host's unfinished workers whose process no longer exists."""
     workers = _unfinished_local_workers(engine, sweep_name)
-    return {worker_id for worker_id, pid in workers.items() if not _process_exists(pid)}
+    return {worker_id for worker_id, pid in workers.items() if not process_exists(pid)}
 
 
 def live_local_workers(engine: sqlalchemy.Engine, sweep_name: str) -> dict[int, int]:
     """Return worker number to pid for this host's unfinished workers that are alive."""
     workers = _unfinished_local_workers(engine, sweep_name)
-    return {worker_id: pid for worker_id, pid in workers.items() if _process_exists(pid)}
+    return {worker_id: pid for worker_id, pid in workers.items() if process_exists(pid)}
 
 
 def _unfinished_local_workers(engine: sqlalchemy.Engine, sweep_name: str) -> dict[int, int]:
@@ -94,7 +95,7 @@ def mark_ended(engine: sqlalchemy.Engine, worker_ids: set[int], reason: str) -> 
         )
 
 
-def _process_exists(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
     """Return whether `pid` is a live process; a zombie, killed but not yet reaped, is not."""
     try:
         os.kill(pid, 0)
@@ -108,6 +109,31 @@ def _process_exists(pid: int) -> bool:
         return True  # no procfs: trust the signal check
     state = stat.rsplit(")", 1)[-1].split()[0]
     return state not in ("Z", "X")
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    worker_id: int
+    hostname: str
+    pid: int
+    job_id: str | None
+
+
+def worker_rows(engine: sqlalchemy.Engine, worker_ids: set[int]) -> dict[int, WorkerRow]:
+    """Return the rows of the given workers, by worker number."""
+    if not worker_ids:
+        return {}
+    table = workers_table
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sqlalchemy.select(
+                table.c.worker_id, table.c.hostname, table.c.pid, table.c.job_id
+            ).where(table.c.worker_id.in_(sorted(worker_ids)))
+        ).all()
+    return {
+        int(row.worker_id): WorkerRow(int(row.worker_id), row.hostname, int(row.pid), row.job_id)
+        for row in rows
+    }
 
 
 def unfinished_workers_with_jobs(

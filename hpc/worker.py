@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
+import sqlalchemy
+from optuna.storages import RDBStorage
 
 from hpc import signals, tables
-from hpc.claims import Budget, claim
+from hpc.claims import Budget, Claim, StudyCounts, claim
+from hpc.db_retry import DatabaseUnavailable, describe, is_connection_error, with_retries
+from hpc.heartbeat import Heartbeat
+from hpc.job_time import JobClock
 from hpc.log_context import LOG_CONTEXT
-from hpc.reaper import fail_and_retry, reap_earlier_runs
-from hpc.storage import create_engine, optuna_storage
+from hpc.reaper import fail_and_retry, reap_earlier_runs, reap_stale_trials, silent_trials
+from hpc.storage import create_engine, hide_password, optuna_storage
 from hpc.sweep_state import SweepPaths
 from hpc.trial_host import TRIAL_LOG, HostDied, TrialHost, TrialOutcome
 from tuner.objectives import ObjectiveSpec, TrialRequest
@@ -25,6 +32,8 @@ from tuner.space import suggest_values
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+END_RECORD_WINDOW_S = 30
 SEED_MODULUS = 2**32
 MODEL_FOLDERS = ("model-last", "model")
 
@@ -44,6 +53,12 @@ class WorkerSpec:
         seed: Sweep seed.
         keep_models: How many of the best trials keep their saved model.
         job_id: Scheduler job id of this worker, if any.
+        max_requeues: How many times the worker's job requeues itself.
+        max_retries: How many times a failed parameter set runs again.
+        heartbeat_s: Seconds between two heartbeats of the running trial.
+        heartbeat_grace_s: Seconds without a heartbeat after which a trial is stale.
+        db_retry_s: How long the worker retries the database before it gives up.
+        signal_lead_s: Seconds between the pre-timeout signal and the job's time limit.
     """
 
     paths: SweepPaths
@@ -58,6 +73,11 @@ class WorkerSpec:
     keep_models: int
     job_id: str | None = None
     max_requeues: int = 10
+    max_retries: int = 2
+    heartbeat_s: int = 30
+    heartbeat_grace_s: int = 300
+    db_retry_s: int = 600
+    signal_lead_s: int = 180
 
 
 @dataclass(frozen=True)
@@ -80,39 +100,61 @@ def trial_seed(sweep_seed: int, trial_number: int) -> int:
 def run_worker(spec: WorkerSpec) -> WorkerSummary:
     """Pull trials from the shared study until the budget is spent; return why it stopped."""
     engine = create_engine(spec.storage_url, spec.schema)
-    worker_id = tables.register_worker(engine, spec.sweep_name, spec.phase, spec.job_id)
+    db = _Database(spec)
+    worker_id = db.call(
+        lambda: tables.register_worker(engine, spec.sweep_name, spec.phase, spec.job_id),
+        "register the worker",
+    )
     LOG_CONTEXT["worker"] = str(worker_id)
     logger.info("Worker %d started on study %s (pid %d).", worker_id, spec.study_name, os.getpid())
 
-    study = optuna.load_study(
-        study_name=spec.study_name,
-        storage=optuna_storage(spec.storage_url, spec.schema, create_tables=False),
-        sampler=optuna.samplers.TPESampler(
-            seed=sampler_seed(spec.seed, worker_id), constant_liar=True
+    rdb = db.call(
+        lambda: optuna_storage(spec.storage_url, spec.schema, create_tables=False),
+        "open the study storage",
+    )
+    study = db.call(
+        lambda: optuna.load_study(
+            study_name=spec.study_name,
+            storage=rdb,
+            sampler=optuna.samplers.TPESampler(
+                seed=sampler_seed(spec.seed, worker_id), constant_liar=True
+            ),
+            pruner=build_pruner(spec.objective.tuning.pruner),
         ),
-        pruner=build_pruner(spec.objective.tuning.pruner),
+        "load the study",
     )
     if spec.job_id:
-        reaped = reap_earlier_runs(engine, study, spec.sweep_name, spec.job_id, worker_id)
+        job_id = spec.job_id
+        reaped = db.call(
+            lambda: reap_earlier_runs(
+                engine, study, spec.sweep_name, job_id, worker_id, spec.max_retries
+            ),
+            "reap the trials of earlier runs of this job",
+        )
         if reaped:
-            logger.warning(
-                "%d trials of an earlier run of job %s run again first.", reaped, spec.job_id
-            )
+            logger.warning("%d trials of an earlier run of job %s run again first.", reaped, job_id)
     stop = signals.StopRequest()
     signals.install(stop)
+    clock = JobClock(spec.job_id, spec.signal_lead_s)
     host = TrialHost(spec.objective)
+    loop = _Loop(spec, engine, study, rdb, worker_id, db, clock)
     trials = 0
     reason = "stopped"
     try:
         host.start()
         while not stop.requested:
-            trial, reason_or_none = claim(
-                engine, spec.study_name, spec.budget, lambda: _ask(study, spec)
-            )
-            if trial is None:
-                reason = reason_or_none or "budget spent"
+            result = loop.claim()
+            if result.started is None:
+                reason = result.reason or "budget spent"
+                if loop.time_limited:
+                    reason = _time_limit_reached(spec, reason, trials)
+                    break
+                if loop.should_wait_for_lost(result.counts):
+                    time.sleep(spec.heartbeat_s)
+                    continue
                 break
-            _run_one(study, trial, host, spec, worker_id, stop)
+            loop.waited_s = 0.0
+            _run_one(study, result.started, host, spec, worker_id, stop, db, rdb)
             trials += 1
         if stop.requested:
             logger.warning("Worker %d received %s.", worker_id, " then ".join(stop.names))
@@ -121,14 +163,155 @@ def run_worker(spec: WorkerSpec) -> WorkerSummary:
             )
     finally:
         host.close()
-        tables.end_worker(engine, worker_id, reason)
-        engine.dispose()
+        try:
+            # Short: after a long outage the worker already waited `db_retry_s` once.
+            with_retries(
+                lambda: tables.end_worker(engine, worker_id, reason),
+                "record the worker's end",
+                min(END_RECORD_WINDOW_S, spec.db_retry_s),
+                db.where,
+            )
+        except DatabaseUnavailable as error:
+            logger.error("Worker %d: its end was not recorded: %s", worker_id, error)
+        finally:
+            engine.dispose()
     logger.info("Worker %d stopped after %d trials: %s.", worker_id, trials, reason)
     return WorkerSummary(worker_id=worker_id, trials=trials, reason=reason)
 
 
-def _ask(study: optuna.Study, spec: WorkerSpec) -> tuple[optuna.Trial, dict[str, Any]]:
+class _Database:
+    """The worker's database calls, retried through short outages (see `hpc.db_retry`)."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.window_s = spec.db_retry_s
+        self.where = hide_password(spec.storage_url)
+
+    def call(self, operation: Callable[[], T], what: str) -> T:
+        return with_retries(operation, what, self.window_s, self.where)
+
+
+class _Loop:
+    """Claims of one worker: reaping, the time left in its job, waiting for lost trials."""
+
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        engine: sqlalchemy.Engine,
+        study: optuna.Study,
+        rdb: RDBStorage,
+        worker_id: int,
+        db: _Database,
+        clock: JobClock,
+    ) -> None:
+        self.spec = spec
+        self.engine = engine
+        self.study = study
+        self.rdb = rdb
+        self.worker_id = worker_id
+        self.db = db
+        self.clock = clock
+        self.time_limited = False
+        self.waited_s = 0.0
+
+    def claim(self) -> Claim[tuple[optuna.Trial, dict[str, Any]]]:
+        spec = self.spec
+        self.db.call(
+            lambda: reap_stale_trials(
+                self.engine,
+                self.study,
+                spec.sweep_name,
+                grace_s=spec.heartbeat_grace_s,
+                max_retries=spec.max_retries,
+            ),
+            "reap stale trials",
+        )
+        attempts = itertools.count()
+
+        def claim_once() -> Claim[tuple[optuna.Trial, dict[str, Any]]]:
+            if next(attempts):
+                # A claim cut by the outage may have left a trial started for this worker.
+                _retry_own_orphans(self.study, self.worker_id)
+            return claim(
+                self.engine,
+                spec.study_name,
+                spec.budget,
+                lambda: _ask(self.study, spec, self.rdb, self.worker_id),
+                may_start=self._may_start,
+            )
+
+        return self.db.call(claim_once, "claim a trial")
+
+    def _may_start(self, counts: StudyCounts) -> str | None:
+        reason = self.clock.check(counts)
+        self.time_limited = reason is not None
+        return reason
+
+    def should_wait_for_lost(self, counts: StudyCounts) -> bool:
+        """Return whether to wait for trials that look lost, instead of exiting.
+
+        The budget counts running trials, so a worker would exit while a trial lost with a
+        killed worker still has to run again. When a running trial has missed two
+        heartbeats, this worker waits (at most the grace period and three heartbeats) until
+        it beats again or is reaped and queued for retry.
+        """
+        spec = self.spec
+        if not counts.running or self.waited_s > spec.heartbeat_grace_s + 3 * spec.heartbeat_s:
+            return False
+        silent = self.db.call(
+            lambda: silent_trials(self.engine, spec.study_name, 2 * spec.heartbeat_s + 5),
+            "look for silent trials",
+        )
+        if not silent:
+            return False
+        if self.waited_s == 0:
+            logger.info(
+                "No budget left for a new trial, but trials %s sent no heartbeat for %.0f s: "
+                "waiting up to %d s in case they must run again.",
+                ", ".join(str(trial.number) for trial in silent),
+                max(trial.silent_s for trial in silent),
+                spec.heartbeat_grace_s + 3 * spec.heartbeat_s,
+            )
+        self.waited_s += spec.heartbeat_s
+        return True
+
+
+def _time_limit_reached(spec: WorkerSpec, reason: str, trials: int) -> str:
+    """End the worker before its job's time limit: requeue the job if a fresh run helps."""
+    if trials == 0:
+        logger.error(
+            "No trial fits in this job: %s. Raise hpc.slurm.time_min (or lower "
+            "hpc.slurm.signal_lead_s) and run 'make resubmit'.",
+            reason,
+        )
+        return reason
+    logger.warning("%s: this job stops here and requeues itself for a full time limit.", reason)
+    return signals.requeue_job(spec.paths.jobs_dir, spec.job_id, spec.max_requeues, reason)
+
+
+def _retry_own_orphans(study: optuna.Study, worker_id: int) -> None:
+    """Queue again the RUNNING trials of this worker, which runs none while it claims."""
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial.user_attrs.get("worker") == worker_id:
+            fail_and_retry(
+                study,
+                trial,
+                "ClaimInterrupted: the database connection broke while the trial was claimed",
+                count_attempt=False,
+            )
+
+
+def _ask(
+    study: optuna.Study, spec: WorkerSpec, rdb: RDBStorage, worker_id: int
+) -> tuple[optuna.Trial, dict[str, Any]]:
     trial = study.ask()
+    # The first heartbeat and the owner are written under the claim's lock, so no reaper
+    # ever finds this trial without them.
+    rdb.record_heartbeat(trial._trial_id)
+    trial.set_user_attr("worker", worker_id)
+    if spec.job_id:
+        trial.set_user_attr("job_id", spec.job_id)
+        # A requeued job keeps its id, so the restart count identifies the run that ran the trial.
+        trial.set_user_attr("restart_count", int(os.environ.get("SLURM_RESTART_COUNT", "0")))
     values = suggest_values(trial, spec.objective.tuning.hyperparameters)
     return trial, values
 
@@ -140,6 +323,8 @@ def _run_one(
     spec: WorkerSpec,
     worker_id: int,
     stop: signals.StopRequest,
+    db: _Database,
+    rdb: RDBStorage,
 ) -> None:
     trial, values = claimed
     trial_dir = spec.paths.trial_dir(trial.number)
@@ -148,45 +333,77 @@ def _run_one(
     seed = trial.user_attrs.get("seed")
     if seed is None:
         seed = trial_seed(spec.seed, trial.number)
-    trial.set_user_attr("seed", seed)
-    trial.set_user_attr("worker", worker_id)
-    trial.set_user_attr("trial_dir", str(trial_dir))
-    if spec.job_id:
-        trial.set_user_attr("job_id", spec.job_id)
-        # A requeued job keeps its id, so the restart count identifies the run that ran the trial.
-        trial.set_user_attr("restart_count", int(os.environ.get("SLURM_RESTART_COUNT", "0")))
+    db.call(lambda: trial.set_user_attr("seed", seed), "record the trial's seed")
+    db.call(lambda: trial.set_user_attr("trial_dir", str(trial_dir)), "record the trial folder")
     logger.info("Trial %d started: %s", trial.number, _format_values(values))
 
     request = TrialRequest(number=trial.number, values=values, seed=seed, trial_dir=str(trial_dir))
     started = time.monotonic()
-    try:
-        outcome = host.run(
-            request, lambda step, value: _report(trial, step, value), lambda: stop.requested
-        )
-    except HostDied as error:
-        outcome = TrialOutcome("failed", error=f"HostDied: {error}")
+    with Heartbeat(rdb, trial._trial_id, trial.number, spec.heartbeat_s):
+        try:
+            outcome = host.run(
+                request, lambda step, value: _report(trial, step, value), lambda: stop.requested
+            )
+        except HostDied as died:
+            outcome = TrialOutcome("failed", error=f"HostDied: {died}")
     duration_s = time.monotonic() - started
-    trial.set_user_attr("duration_s", round(duration_s, 3))
+    db.call(
+        lambda: trial.set_user_attr("duration_s", round(duration_s, 3)),
+        "record the trial's duration",
+    )
     if outcome.state == "interrupted":
-        _retry_interrupted(study, trial, stop)
+        why = f"Interrupted: the worker received {stop.name}"
+        db.call(
+            lambda: _unless_finished(
+                rdb, trial, lambda: fail_and_retry(study, trial, why, count_attempt=False)
+            ),
+            "queue the interrupted trial again",
+        )
         _delete_model(spec, trial.number)
         return
-    _record(study, trial, outcome, duration_s)
-    _keep_best_models(study, spec, trial.number, complete=outcome.state == "complete")
+    db.call(
+        lambda: _unless_finished(
+            rdb, trial, lambda: _record(study, trial, outcome, duration_s, spec.max_retries)
+        ),
+        f"record the end of trial {trial.number}",
+    )
+    complete = outcome.state == "complete"
+    db.call(
+        lambda: _keep_best_models(study, spec, trial.number, complete=complete),
+        "list the best trials",
+    )
+
+
+def _unless_finished(rdb: RDBStorage, trial: optuna.Trial, record: Callable[[], object]) -> None:
+    """Record a trial's end unless an attempt cut by an outage already did."""
+    if rdb.get_trial(trial._trial_id).state.is_finished():
+        return
+    record()
 
 
 def _report(trial: optuna.Trial, step: int, value: float) -> bool:
-    trial.report(value, step)
-    return trial.should_prune()
-
-
-def _retry_interrupted(study: optuna.Study, trial: optuna.Trial, stop: signals.StopRequest) -> None:
-    error = f"Interrupted: the worker received {stop.name}"
-    fail_and_retry(study, trial, error, count_attempt=False)
+    """Report a validation score; while the database is away, go on without pruning."""
+    try:
+        trial.report(value, step)
+        return trial.should_prune()
+    except Exception as error:
+        if not is_connection_error(error):
+            raise
+        logger.warning(
+            "Trial %d: score of step %d not recorded (%s); the trial goes on without pruning.",
+            trial.number,
+            step,
+            describe(error),
+        )
+        return False
 
 
 def _record(
-    study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, duration_s: float
+    study: optuna.Study,
+    trial: optuna.Trial,
+    outcome: TrialOutcome,
+    duration_s: float,
+    max_retries: int,
 ) -> None:
     if outcome.state == "complete":
         study.tell(trial, outcome.value)
@@ -199,16 +416,12 @@ def _record(
             "Trial %d pruned after %.1f s (last score %s).", trial.number, duration_s, outcome.value
         )
     else:
-        trial.set_user_attr("error", outcome.error)
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
         log_path = Path(trial.user_attrs["trial_dir"]) / TRIAL_LOG
+        error = outcome.error or "UnknownError: the trial failed"
         logger.error(
-            "Trial %d failed after %.1f s: %s (log: %s)",
-            trial.number,
-            duration_s,
-            outcome.error,
-            log_path,
+            "Trial %d failed after %.1f s: %s (log: %s)", trial.number, duration_s, error, log_path
         )
+        fail_and_retry(study, trial, error, max_retries=max_retries)
 
 
 def _keep_best_models(study: optuna.Study, spec: WorkerSpec, number: int, complete: bool) -> None:
@@ -273,4 +486,9 @@ def spec_from_state(state: dict[str, Any], paths: SweepPaths, job_id: str | None
         keep_models=int(state.get("keep_models", 1)),
         job_id=job_id,
         max_requeues=int(state.get("max_requeues", 10)),
+        max_retries=int(state.get("max_retries", 2)),
+        heartbeat_s=int(state.get("heartbeat_s", 30)),
+        heartbeat_grace_s=int(state.get("heartbeat_grace_s", 300)),
+        db_retry_s=int(state.get("db_retry_s", 600)),
+        signal_lead_s=int(state.get("signal_lead_s", 180)),
     )

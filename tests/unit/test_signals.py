@@ -41,7 +41,7 @@ def test_usr2_requeues_once(tmp_path: Path, fake_scontrol: Path) -> None:
     assert fake_scontrol.read_text().splitlines() == ["requeue 1234"]
     state = json.loads((tmp_path / "jobs" / "state" / "77_3.json").read_text())
     assert state["requeues"] == 1
-    assert state["last_signal"] == "SIGUSR2"
+    assert state["last_reason"] == "after SIGUSR2"
 
 
 def test_max_requeues_stops(tmp_path: Path, fake_scontrol: Path) -> None:
