@@ -6,12 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
-import sqlalchemy
+from sweep_helpers import finished, load_trials, wait_for_running_trial, worker_pid
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +34,7 @@ hpc:
   workers: {workers}
   executor: local
   objective: synthetic
-  synthetic: {{duration_s: 0.3, fail_trials: [1], crash_trials: [3], nan_trials: [4]}}
+  synthetic: {{duration_s: 0.3, fail_trials: [1], crash_trials: [2], nan_trials: [0]}}
 """
 
 
@@ -47,16 +46,6 @@ def run_hpc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=300,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-def load_trials(url: str) -> list[optuna.trial.FrozenTrial]:
-    from hpc.storage import optuna_storage, user_schema
-
-    storage = optuna_storage(url, user_schema(), create_tables=False)
-    [summary] = optuna.get_all_study_summaries(storage)
-    return optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(
-        deepcopy=False
     )
 
 
@@ -72,16 +61,30 @@ def test_exact_trial_count_with_failures(sweep_dir: Path, database_url: str) -> 
 
     trials = load_trials(database_url)
     states = [trial.state for trial in trials]
-    assert len(trials) == 8
     assert states.count(optuna.trial.TrialState.RUNNING) == 0
     by_number = {trial.number: trial for trial in trials}
+    retries = {t.user_attrs["retry_of"]: t for t in trials if "retry_of" in t.user_attrs}
+    # The raising trial and the self-killed one run again by the retry policy; NaN does not.
+    assert sorted(retries) == [1, 2]
     assert by_number[1].state == optuna.trial.TrialState.FAIL
     assert "synthetic failure" in by_number[1].user_attrs["error"]
-    assert by_number[3].state == optuna.trial.TrialState.FAIL
-    assert "exited with code 3" in by_number[3].user_attrs["error"]
-    assert by_number[4].state == optuna.trial.TrialState.FAIL
-    assert "metric is nan" in by_number[4].user_attrs["error"]
-    assert {trial.user_attrs["seed"] for trial in trials} == {5 + n for n in range(8)}
+    assert by_number[2].state == optuna.trial.TrialState.FAIL
+    assert "SIGKILL" in by_number[2].user_attrs["error"]
+    for number, retry in retries.items():
+        assert retry.state == optuna.trial.TrialState.COMPLETE
+        assert retry.params == by_number[number].params
+        assert retry.user_attrs["seed"] == by_number[number].user_attrs["seed"]
+        assert by_number[number].user_attrs["retried_as"] == "queued"
+    assert by_number[0].state == optuna.trial.TrialState.FAIL
+    assert "metric is nan" in by_number[0].user_attrs["error"]
+    assert "NonFiniteMetric" in by_number[0].user_attrs["retry_decision"]
+    assert "retried_as" not in by_number[0].user_attrs
+    # Exactly n_trials finished: a failed trial that ran again is counted once.
+    finished = [t for t in trials if t.state.is_finished() and "retried_as" not in t.user_attrs]
+    assert len(finished) == 8
+    assert len(trials) == 10
+    fresh = [t for t in trials if "retry_of" not in t.user_attrs]
+    assert all(t.user_attrs["seed"] == 5 + t.number for t in fresh)
     assert len({trial.user_attrs["worker"] for trial in trials}) == 3
     assert all(Path(trial.user_attrs["trial_dir"]).is_dir() for trial in trials)
     assert "Report:" in result.stdout
@@ -101,7 +104,7 @@ def test_rerun_continues_same_study(sweep_dir: Path, database_url: str) -> None:
     assert first.returncode == 0, first.stderr[-3000:]
     again = run_hpc("sweep", "--config", "config.yml", "--storage", database_url, cwd=sweep_dir)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert len(load_trials(database_url)) == 8
+    assert finished(load_trials(database_url)) == 8
     assert "Continuing study" in again.stderr
 
     more = run_hpc(
@@ -115,7 +118,7 @@ def test_rerun_continues_same_study(sweep_dir: Path, database_url: str) -> None:
         cwd=sweep_dir,
     )
     assert more.returncode == 0, more.stderr[-3000:]
-    assert len(load_trials(database_url)) == 10
+    assert finished(load_trials(database_url)) == 10
 
 
 def test_changed_space_rejected(sweep_dir: Path, database_url: str) -> None:
@@ -185,45 +188,9 @@ def test_embedded_server_without_storage(sweep_dir: Path) -> None:
 
 
 SLOW_CONFIG = CONFIG.replace(
-    "synthetic: {{duration_s: 0.3, fail_trials: [1], crash_trials: [3], nan_trials: [4]}}",
+    "synthetic: {{duration_s: 0.3, fail_trials: [1], crash_trials: [2], nan_trials: [0]}}",
     "synthetic: {{duration_s: 4.0}}",
 )
-
-
-def wait_for_running_trial(
-    url: str, sweep_dir: Path, timeout_s: float = 120
-) -> optuna.trial.FrozenTrial:
-    deadline = time.monotonic() + timeout_s
-    # Opening Optuna's storage writes to its tables (version and alembic rows), which races
-    # with their creation: wait until the coordinator has written sweep.json after creating them.
-    while not (sweep_dir / "checkpoint" / "sweep.json").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    while time.monotonic() < deadline:
-        try:
-            running = [t for t in load_trials(url) if t.state == optuna.trial.TrialState.RUNNING]
-        except (
-            ValueError,
-            KeyError,
-            sqlalchemy.exc.SQLAlchemyError,
-            optuna.exceptions.OptunaError,
-        ):
-            running = []
-        if running:
-            return running[0]
-        time.sleep(0.5)
-    raise AssertionError("no trial started running")
-
-
-def worker_pid(url: str, worker_id: int) -> int:
-    from hpc.storage import create_engine, user_schema
-
-    engine = create_engine(url, user_schema())
-    with engine.connect() as connection:
-        pid = connection.execute(
-            sqlalchemy.text("SELECT pid FROM hpc_workers WHERE worker_id = :id"), {"id": worker_id}
-        ).scalar_one()
-    engine.dispose()
-    return int(pid)
 
 
 def start_sweep(sweep_dir: Path, url: str) -> subprocess.Popen[str]:
@@ -297,4 +264,4 @@ def test_recorded_storage_reused(sweep_dir: Path, database_url: str) -> None:
     again = run_hpc("sweep", "--config", "config.yml", cwd=sweep_dir)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Nothing left to run" in again.stdout
-    assert len(load_trials(database_url)) == 8
+    assert finished(load_trials(database_url)) == 8

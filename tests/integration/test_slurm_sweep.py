@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
+from sweep_helpers import job_ids, load_trials, run_hpc, skip_without_slurm, wait_for_jobs
 
 from hpc import scheduler
 
@@ -40,43 +39,11 @@ hpc:
     time_min: 10
     finalize: {{cpus_per_task: 1, mem_gb: 1, time_min: 10}}
 """
-TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
 
 
 @pytest.fixture(scope="module")
 def slurm() -> None:
-    if not scheduler.controller_answers():
-        pytest.skip("no Slurm controller answers: 'make test' starts one when run as root")
-
-
-def run_hpc(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "hpc", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-
-
-def job_ids(stdout: str) -> tuple[str, str]:
-    array = stdout.split("array job ", 1)[1].split()[0]
-    finalize = stdout.split("finalize: job ", 1)[1].split()[0]
-    return array, finalize
-
-
-def wait_for_jobs(ids: list[str], timeout_s: float = 300) -> list[scheduler.JobState]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        states = scheduler.query_jobs(ids)
-        if states and all(state.state.split()[0] in TERMINAL for state in states):
-            return states
-        time.sleep(2)
-    raise AssertionError(f"jobs {ids} did not end in {timeout_s} s: {scheduler.query_jobs(ids)}")
-
-
-def load_trials(url: str) -> list[optuna.trial.FrozenTrial]:
-    from hpc.storage import optuna_storage, user_schema
-
-    storage = optuna_storage(url, user_schema(), create_tables=False)
-    [summary] = optuna.get_all_study_summaries(storage)
-    return optuna.load_study(study_name=summary.study_name, storage=storage).get_trials()
+    skip_without_slurm()
 
 
 def test_array_sweep_with_failed_task(slurm: None, tmp_path: Path, database_url: str) -> None:
@@ -188,39 +155,3 @@ def test_resubmit_adds_jobs(slurm: None, tmp_path: Path, database_url: str) -> N
     assert [entry["workers"] for entry in state["submissions"]][-1] == array
     assert len(state["submissions"]) == 2
     assert len(load_trials(database_url)) == 6
-
-
-def test_pre_timeout_signal_requeues(slurm: None, tmp_path: Path, database_url: str) -> None:
-    import json
-
-    config = CONFIG.format(n_trials=2, duration_s=8.0).replace("workers: 4", "workers: 1")
-    (tmp_path / "config.yml").write_text(config)
-    result = run_hpc("sweep", "--config", "config.yml", "--storage", database_url, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    array, finalize = job_ids(result.stdout)
-    task = f"{array}_0"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        trials = load_trials(database_url)
-        if any(t.state == optuna.trial.TrialState.RUNNING for t in trials):
-            break
-        time.sleep(1)
-    time.sleep(2)
-    # What Slurm sends before a time-limit kill; it reaches the srun step that runs Python.
-    scheduler.run_scheduler(["scancel", "--signal=USR2", task])
-    wait_for_jobs([array, finalize], timeout_s=300)
-
-    trials = sorted(load_trials(database_url), key=lambda t: t.number)
-    first = trials[0]
-    assert first.state == optuna.trial.TrialState.FAIL
-    assert "SIGUSR2" in first.user_attrs["error"]
-    [retry] = [t for t in trials if t.user_attrs.get("retry_of") == first.number]
-    assert retry.state == optuna.trial.TrialState.COMPLETE
-    assert retry.params == first.params
-    assert retry.user_attrs["seed"] == first.user_attrs["seed"]
-    assert retry.user_attrs["restart_count"] == 1
-    assert retry.number == first.number + 1  # the retry runs before any new trial
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(complete) == 2
-    state = json.loads((tmp_path / "checkpoint" / "jobs" / "state" / f"{task}.json").read_text())
-    assert state["requeues"] == 1
