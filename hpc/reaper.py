@@ -161,7 +161,7 @@ def _live_jobs(
     if query_jobs is None:
         from hpc import scheduler
 
-        query_jobs = scheduler.query_jobs
+        query_jobs = scheduler.active_jobs
     try:
         states = query_jobs(job_ids)
     except Exception as error:  # SchedulerError, a missing squeue, a timeout

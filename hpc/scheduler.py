@@ -191,18 +191,40 @@ def query_jobs(job_ids: Sequence[str], timeout_s: float = 60.0) -> list[JobState
             SACCT_DISABLED_MESSAGE,
         )
 
+    return _squeue(ids, "all", timeout_s)
+
+
+def active_jobs(job_ids: Sequence[str], timeout_s: float = 60.0) -> list[JobState]:
+    """Return the given jobs that are pending, running or otherwise active, from squeue.
+
+    squeue is the controller's own view: unlike sacct, which learns of a job from the
+    accounting daemon a moment later, it lists a job as soon as sbatch returns. Decisions that
+    must not miss a job just submitted (the finalize job's supervision, reaping) use it.
+
+    Raises:
+        SchedulerError: squeue failed, for instance because the controller does not respond.
+    """
+    ids = _checked_ids(job_ids)
+    if not ids:
+        return []
+    # Without --states, squeue lists only jobs that have not ended.
+    return [job for job in _squeue(ids, None, timeout_s) if job.active]
+
+
+def _squeue(ids: list[str], states: str | None, timeout_s: float) -> list[JobState]:
+    state_filter = [] if states is None else [f"--states={states}"]
     result = run_scheduler(
         [
             "squeue",
             "--noheader",
             "--array",
-            "--states=all",
+            *state_filter,
             f"--format={SQUEUE_FORMAT}",
             f"--jobs={','.join(ids)}",
         ],
         timeout_s=timeout_s,
         check=False,
-        env=env,
+        env={**os.environ, **QUERY_ENV},
     )
     if result.returncode != 0:
         # squeue fails like this when the only id it is given is no longer known.
