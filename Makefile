@@ -16,7 +16,7 @@ VENV_PYTHON := $(VENV)/bin/python
 HPC := $(VENV_PYTHON) -m hpc
 WORKERS_FLAG := $(if $(WORKERS),--workers $(WORKERS),)
 
-.PHONY: install sweep status report resubmit test lint model clean-example pretrained-model \
+.PHONY: install sweep status report resubmit cancel test lint model clean-example pretrained-model \
 	slurm-start slurm-stop
 
 install: $(STAMP)
@@ -45,6 +45,9 @@ report: install
 
 resubmit: install
 	$(HPC) resubmit --config $(CONFIG) $(ARGS)
+
+cancel: install
+	$(HPC) cancel --config $(CONFIG) $(ARGS)
 
 # The single-node Slurm cluster of the tests (as root): make slurm-start, then
 # eval "$$(bash scripts/local-slurm.sh env)" in your shell.

@@ -78,6 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     resubmit.add_argument("--storage", help="PostgreSQL URL, if the sweep used one")
     resubmit.set_defaults(handler=_resubmit)
 
+    cancel = commands.add_parser(
+        "cancel", help="cancel a sweep's jobs (finalize first); make sweep continues it later"
+    )
+    _add_config(cancel)
+    cancel.add_argument("--storage", help="PostgreSQL URL, if the sweep used one")
+    cancel.set_defaults(handler=_cancel)
+
     status = commands.add_parser("status", help="show the trials and the best value of a sweep")
     _add_config(status)
     status.add_argument("--storage", help="PostgreSQL URL, if the sweep used one")
@@ -152,6 +159,12 @@ def _resubmit(args: argparse.Namespace) -> int:
     from hpc.finalize import resubmit
 
     return resubmit(args.config, args.storage)
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from hpc.cancel import cancel
+
+    return cancel(args.config, args.storage)
 
 
 def slurm_job_id() -> str | None:

@@ -30,6 +30,7 @@ from hpc.sweep import (
     storage_setting,
     write_state,
 )
+from hpc.sweep_state import write_json_atomic
 from tuner.errors import ConfigError, HpcTuneError
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def run_sweep(request: SweepRequest) -> int:
         with _coordinator_lock(sweep.paths.root):
             return _submit_to_slurm(sweep, request, preflight_done=new_sweep)
     with _coordinator_lock(sweep.paths.root):
+        _clear_cancel(sweep)
         storage = open_storage(sweep, request, create=True)
         try:
             report_dir = _run(sweep, storage, request, preflight_done=new_sweep)
@@ -196,7 +198,14 @@ def _check_slurm_storage(sweep: Sweep, request: SweepRequest) -> None:
 
 
 def _submit_to_slurm(sweep: Sweep, request: SweepRequest, preflight_done: bool) -> int:
-    slurm_executor.reject_if_jobs_active(sweep)
+    active = slurm_executor.active_jobs(sweep)
+    if active:
+        print(f"Sweep {sweep.name} is running: jobs {', '.join(active)} are queued or running.")
+        print("Nothing submitted: the running jobs go on with the same study and budget.")
+        print(f"Follow:   make status CONFIG={sweep.loaded.path}")
+        print(f"More:     sbatch {slurm_executor.sbatch_dir(sweep) / 'worker.sbatch'}")
+        return 0
+    _clear_cancel(sweep)
     # Rendered and checked by sbatch --test-only before the study exists, so a wrong
     # partition or resource request leaves nothing behind.
     slurm_executor.render_scripts(sweep, Path.cwd())
@@ -229,6 +238,20 @@ def _submit_to_slurm(sweep: Sweep, request: SweepRequest, preflight_done: bool) 
     slurm_executor.print_submission(sweep, submission)
     # The embedded server, if any, keeps running for the jobs; the finalize job stops it.
     return 0
+
+
+def _clear_cancel(sweep: Sweep) -> None:
+    """Continue a cancelled sweep: forget the cancel and the supervisor's resubmissions."""
+    state = sweep.state or {}
+    if not state.get("cancel") and not state.get("supervisor_resubmits"):
+        return
+    if state.get("cancel"):
+        print(
+            f"Sweep {sweep.name} was cancelled at {state['cancel']['requested_at']}: continuing it."
+        )
+    state.pop("cancel", None)
+    state.pop("supervisor_resubmits", None)
+    write_json_atomic(sweep.paths.sweep_file, state)
 
 
 def _check_supported(sweep: Sweep) -> None:

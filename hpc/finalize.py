@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import text
+
 from hpc import scheduler, slurm_executor, tables
-from hpc.claims import budget_left
+from hpc.claims import advisory_key, budget_left
 from hpc.coordinator import budget_of, write_final_report
 from hpc.reaper import reap_sweep
 from hpc.storage import create_engine, optuna_storage
@@ -20,41 +25,169 @@ from hpc.sweep import (
     load_sweep,
     open_storage,
 )
-from hpc.sweep_state import SweepPaths, read_sweep_state
+from hpc.sweep_state import SweepPaths, read_sweep_state, write_json_atomic
 from tuner.errors import HpcTuneError
 
 logger = logging.getLogger(__name__)
 
 
 def finalize(sweep_dir: Path) -> int:
-    """Reap trials of ended workers, write the report, stop the embedded server.
+    """Supervise the sweep after its workers: reap, then resubmit, follow, or report.
 
-    It runs after every task of the worker array, whatever their exit status.
+    It runs after every task of the worker array, whatever their exit status, and holds a
+    database lock of the sweep, so two finalize jobs running at once do the work once.
     """
     sweep = _sweep_from_dir(sweep_dir)
     storage = open_storage(sweep, SweepRequest(config_path=sweep.loaded.path), create=False)
+    stop_server = False
     try:
-        _reap_ended_jobs(sweep, storage)
-        counts = count_sweep_trials(sweep, storage)
-        reason = budget_left(counts, budget_of(sweep))
-        if reason is None and not counts.running:
-            logger.warning(
-                "Budget left (%d finished, %d waiting) but no worker runs. Continue with: "
-                "make resubmit CONFIG=%s",
-                counts.finished,
-                counts.waiting,
-                sweep.loaded.path,
-            )
-        report_dir = write_final_report(sweep, storage)
-        logger.info("Report written to %s", report_dir)
-        print(f"Report: {report_dir}")
+        with finalize_lock(storage, sweep.name):
+            # Read again under the lock: another finalize job may have submitted jobs.
+            sweep = _sweep_from_dir(sweep_dir)
+            reap_ended_jobs(sweep, storage)
+            stop_server = _supervise(sweep, storage)
     finally:
-        # The last job of the sweep stops the embedded server it used, unless workers added
-        # by hand still run.
-        close_storage(
-            storage, force=storage.server is not None and not _workers_active(sweep, storage)
-        )
+        # The last job of the sweep stops the embedded server it used, unless jobs still
+        # need it.
+        close_storage(storage, force=storage.server is not None and stop_server)
     return 0
+
+
+def _supervise(sweep: Sweep, storage: Storage) -> bool:
+    """Decide what follows the workers; return whether no job of the sweep needs the server."""
+    state = sweep.state or {}
+    counts = count_sweep_trials(sweep, storage)
+    reason = budget_left(counts, budget_of(sweep))
+    live = live_jobs(sweep, storage)
+    own = os.environ.get("SLURM_JOB_ID")
+    other_finalize = [job for job in live.finalize if job != own]
+    if state.get("cancel"):
+        logger.warning(
+            "The sweep was cancelled (%s): nothing is resubmitted. Continue it with "
+            "'make sweep CONFIG=%s'.",
+            state["cancel"].get("requested_at", "time unknown"),
+            sweep.loaded.path,
+        )
+        _report_if_possible(sweep, storage)
+        return not live.workers
+    if live.workers:
+        if other_finalize:
+            logger.info(
+                "Workers %s still run and finalize job %s follows them: nothing to do here.",
+                ", ".join(live.workers),
+                ", ".join(other_finalize),
+            )
+            return False
+        follow = slurm_executor.submit_finalize(sweep, live.workers)
+        logger.info(
+            "Workers %s still run: finalize job %s follows them.", ", ".join(live.workers), follow
+        )
+        return False
+    if reason is None:
+        return _resubmit_dead_workers(sweep, storage, counts.finished)
+    logger.info("Budget spent: %s.", reason)
+    report_dir = write_final_report(sweep, storage)
+    logger.info("Report written to %s", report_dir)
+    print(f"Report: {report_dir}")
+    return not live.workers and not other_finalize
+
+
+def _resubmit_dead_workers(sweep: Sweep, storage: Storage, finished: int) -> bool:
+    state = sweep.state or {}
+    done = int(state.get("supervisor_resubmits", 0))
+    limit = sweep.settings.max_resubmits
+    if done >= limit:
+        logger.error(
+            "Budget left (%d trials finished) but no worker runs, and the workers were "
+            "resubmitted %d times already (hpc.max_resubmits=%d). Read the workers' logs in %s, "
+            "fix the cause, then run 'make resubmit CONFIG=%s'.",
+            finished,
+            done,
+            limit,
+            sweep.paths.jobs_dir / "slurm",
+            sweep.loaded.path,
+        )
+        _report_if_possible(sweep, storage)
+        return True
+    slurm_executor.render_scripts(sweep, Path(state["working_dir"]))
+    submission = slurm_executor.submit(sweep)
+    _record_resubmit(sweep, done + 1)
+    logger.warning(
+        "Budget left (%d trials finished) but no worker runs: resubmitted workers %s and "
+        "finalize job %s (resubmission %d of at most %d).",
+        finished,
+        submission.array_job_id,
+        submission.finalize_job_id,
+        done + 1,
+        limit,
+    )
+    return False
+
+
+def _record_resubmit(sweep: Sweep, count: int) -> None:
+    state = read_sweep_state(sweep.paths) or {}
+    state["supervisor_resubmits"] = count
+    write_json_atomic(sweep.paths.sweep_file, state)
+
+
+def _report_if_possible(sweep: Sweep, storage: Storage) -> None:
+    try:
+        report_dir = write_final_report(sweep, storage)
+    except HpcTuneError as error:
+        logger.warning("No report written: %s", error)
+        return
+    logger.info("Report of the trials so far written to %s", report_dir)
+
+
+@dataclass(frozen=True)
+class LiveJobs:
+    """Jobs of the sweep that Slurm lists as pending or running."""
+
+    workers: list[str]
+    finalize: list[str]
+
+
+def live_jobs(sweep: Sweep, storage: Storage) -> LiveJobs:
+    """Ask Slurm which recorded and hand-submitted jobs of the sweep are still active."""
+    state = sweep.state or {}
+    submissions = state.get("submissions", [])
+    finalize_ids = {entry["finalize"] for entry in submissions if entry.get("finalize")}
+    worker_ids = {entry["workers"] for entry in submissions if entry.get("workers")}
+    engine = create_engine(storage.url, storage.schema)
+    try:
+        hand = tables.unfinished_workers_with_jobs(engine, sweep.name)
+    finally:
+        engine.dispose()
+    worker_ids |= {job.split("_")[0] for job in hand.values() if job}
+    ids = sorted(finalize_ids | worker_ids)
+    if not ids:
+        return LiveJobs([], [])
+    active = scheduler.active_jobs(ids)
+    return LiveJobs(
+        workers=sorted({job.display_id for job in active if job.job_id not in finalize_ids}),
+        finalize=sorted({job.job_id for job in active if job.job_id in finalize_ids}),
+    )
+
+
+@contextmanager
+def finalize_lock(storage: Storage, sweep_name: str) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock of the sweep's finalize work, waiting for it if needed."""
+    engine = create_engine(storage.url, storage.schema)
+    key = advisory_key(f"finalize {sweep_name}")
+    try:
+        with engine.connect() as connection:
+            locked = connection.execute(
+                text("SELECT pg_try_advisory_lock(:key)"), {"key": key}
+            ).scalar_one()
+            if not locked:
+                logger.info("Another finalize job of sweep %s runs: waiting for it.", sweep_name)
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    finally:
+        engine.dispose()
 
 
 def resubmit(config_path: Path, storage_url: str | None) -> int:
@@ -73,7 +206,7 @@ def resubmit(config_path: Path, storage_url: str | None) -> int:
     slurm_executor.test_scripts(sweep)
     storage = open_storage(sweep, request, create=False)
     try:
-        _reap_ended_jobs(sweep, storage)
+        reap_ended_jobs(sweep, storage)
         reason = _budget_reason(sweep, storage)
     finally:
         close_storage(storage)
@@ -92,24 +225,6 @@ def _budget_reason(sweep: Sweep, storage: Storage) -> str | None:
     return budget_left(counts, budget_of(sweep))
 
 
-def _workers_active(sweep: Sweep, storage: Storage) -> bool:
-    engine = create_engine(storage.url, storage.schema)
-    try:
-        workers = tables.unfinished_workers_with_jobs(engine, sweep.name)
-    finally:
-        engine.dispose()
-    job_ids = sorted({job for job in workers.values() if job})
-    if not job_ids:
-        return False
-    active = [state for state in scheduler.query_jobs(job_ids) if state.active]
-    if active:
-        logger.warning(
-            "Workers %s still run: the embedded PostgreSQL server stays up for them.",
-            ", ".join(state.display_id for state in active),
-        )
-    return bool(active)
-
-
 def _sweep_from_dir(sweep_dir: Path) -> Sweep:
     paths = SweepPaths(Path(sweep_dir).resolve())
     state = read_sweep_state(paths)
@@ -121,7 +236,8 @@ def _sweep_from_dir(sweep_dir: Path) -> Sweep:
     )
 
 
-def _reap_ended_jobs(sweep: Sweep, storage: Storage) -> None:
+def reap_ended_jobs(sweep: Sweep, storage: Storage) -> int:
+    """Reap the trials of the sweep's ended jobs and dead local workers; return how many."""
     import optuna
 
     engine = create_engine(storage.url, storage.schema)
@@ -136,5 +252,6 @@ def _reap_ended_jobs(sweep: Sweep, storage: Storage) -> None:
             logger.warning(
                 "%d trials were left running by ended jobs; they run again first.", reaped
             )
+        return reaped
     finally:
         engine.dispose()

@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "heartbeat_s": 30,
     "heartbeat_grace_s": 300,
     "db_retry_s": 600,
+    "max_resubmits": 3,
     "slurm": {},
 }
 SWEEP_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -54,6 +55,8 @@ class HpcSettings:
         heartbeat_grace_s: Seconds without a heartbeat after which a trial is stale; it is
             then retried only if its job or process no longer runs.
         db_retry_s: How long a worker keeps retrying the database before it gives up.
+        max_resubmits: How many times finalize jobs resubmit workers that all died while
+            budget is left.
         slurm: Resources and site setup of Slurm jobs.
     """
 
@@ -69,6 +72,7 @@ class HpcSettings:
     heartbeat_s: int = 30
     heartbeat_grace_s: int = 300
     db_retry_s: int = 600
+    max_resubmits: int = 3
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
 
 
@@ -132,6 +136,7 @@ def parse_hpc_section(section: Mapping[str, Any], overrides: Mapping[str, Any]) 
         heartbeat_s=heartbeat_s,
         heartbeat_grace_s=grace_s,
         db_retry_s=_non_negative_int(merged["db_retry_s"], "hpc.db_retry_s"),
+        max_resubmits=_non_negative_int(merged["max_resubmits"], "hpc.max_resubmits"),
         slurm=parse_slurm_section(merged["slurm"] or {}),
     )
 

@@ -82,6 +82,17 @@ def submit(sweep: Sweep) -> Submission:
     return Submission(array_job_id, finalize_job_id, sweep.paths.jobs_dir / "slurm")
 
 
+def submit_finalize(sweep: Sweep, after: list[str]) -> str:
+    """Submit a finalize job that runs after the given jobs end, and record it."""
+    job_id = scheduler.submit_script(
+        sbatch_dir(sweep) / FINALIZE_SCRIPT,
+        # Whole arrays: a dependency on an array's id waits for all of its tasks.
+        extra_args=[f"--dependency=afterany:{':'.join(sorted({j.split('_')[0] for j in after}))}"],
+    )
+    _record_jobs(sweep, "", job_id)
+    return job_id
+
+
 def test_scripts(sweep: Sweep) -> None:
     """Check the rendered scripts with `bash -n` and `sbatch --test-only`, submitting nothing.
 
@@ -98,18 +109,23 @@ def test_scripts(sweep: Sweep) -> None:
         scheduler.submit_script(script, extra_args=["--test-only"], parse_job_id=False)
 
 
+def active_jobs(sweep: Sweep) -> list[str]:
+    """Return the recorded jobs of the sweep that are still queued or running."""
+    recorded = (sweep.state or {}).get("submissions", [])
+    job_ids = [job for entry in recorded for job in (entry["workers"], entry["finalize"]) if job]
+    if not job_ids:
+        return []
+    return sorted({state.job_id for state in scheduler.active_jobs(job_ids)})
+
+
 def reject_if_jobs_active(sweep: Sweep) -> None:
     """Stop a second submission while jobs of an earlier one are still queued or running."""
-    recorded = (sweep.state or {}).get("submissions", [])
-    job_ids = [job for entry in recorded for job in (entry["workers"], entry["finalize"])]
-    if not job_ids:
-        return
-    active = sorted({state.job_id for state in scheduler.query_jobs(job_ids) if state.active})
+    active = active_jobs(sweep)
     if active:
         raise HpcTuneError(
             f"Sweep {sweep.name} still has jobs queued or running ({', '.join(active)}). Follow "
             f"them with 'make status CONFIG={sweep.loaded.path}', add workers with 'sbatch "
-            f"{sbatch_dir(sweep) / WORKER_SCRIPT}', or cancel them with 'scancel' first."
+            f"{sbatch_dir(sweep) / WORKER_SCRIPT}', or cancel them with 'make cancel' first."
         )
 
 

@@ -44,6 +44,9 @@ def _print_sweep(sweep: Sweep, storage: Storage) -> int:
         f"running {counts.running}, waiting {counts.waiting}, retried {counts.retried}"
     )
 
+    cancel = (sweep.state or {}).get("cancel")
+    if cancel:
+        print(f"Cancelled: at {cancel['requested_at']}; 'make sweep' continues the sweep")
     if reaped:
         print(f"Reaped:   {reaped} stale trials of ended jobs or processes, queued to run again")
     if tuning.n_trials is not None:
