@@ -19,6 +19,7 @@ import sqlalchemy
 
 from hpc import scheduler
 
+REPO = Path(__file__).resolve().parents[2]
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
 
 BASE_CONFIG: dict[str, Any] = {
@@ -93,7 +94,9 @@ def wait_for_jobs(ids: list[str], timeout_s: float = 300) -> list[scheduler.JobS
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         states = scheduler.query_jobs(ids)
-        if states and all(state.state.split()[0] in TERMINAL for state in states):
+        # sacct may list a job only a moment after its submission: wait until all are known.
+        known = {state.job_id for state in states} | {state.display_id for state in states}
+        if set(ids) <= known and all(state.state.split()[0] in TERMINAL for state in states):
             return states
         time.sleep(2)
     raise AssertionError(f"jobs {ids} did not end in {timeout_s} s: {scheduler.query_jobs(ids)}")

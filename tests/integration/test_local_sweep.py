@@ -244,6 +244,24 @@ def test_interrupted_sweep_resumes(tmp_path: Path, database_url: str) -> None:
     assert all(t.state != optuna.trial.TrialState.RUNNING for t in trials)
 
 
+def test_cancel_local_sweep_then_continue(tmp_path: Path, database_url: str) -> None:
+    (tmp_path / "config.yml").write_text(SLOW_CONFIG.format(n_trials=4, workers=2))
+    sweep = start_sweep(tmp_path, database_url)
+    wait_for_running_trial(database_url, tmp_path)
+
+    cancel = run_hpc("cancel", "--config", "config.yml", cwd=tmp_path)
+    assert cancel.returncode == 0, cancel.stderr[-3000:]
+    assert "interrupted the coordinator" in cancel.stdout
+    sweep.communicate(timeout=120)
+    assert sweep.returncode == 130
+    assert optuna.trial.TrialState.RUNNING not in [t.state for t in load_trials(database_url)]
+
+    again = run_hpc("sweep", "--config", "config.yml", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "was cancelled" in again.stdout
+    assert finished(load_trials(database_url)) == 4
+
+
 def test_second_coordinator_rejected(tmp_path: Path, database_url: str) -> None:
     (tmp_path / "config.yml").write_text(SLOW_CONFIG.format(n_trials=2, workers=1))
     sweep = start_sweep(tmp_path, database_url)
