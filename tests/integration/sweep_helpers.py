@@ -113,13 +113,18 @@ def load_trials(url: str) -> list[optuna.trial.FrozenTrial]:
 
 def finished(trials: list[optuna.trial.FrozenTrial]) -> int:
     """Count finished trials as budgets do: a failed trial that ran again counts once."""
-    return sum(t.state.is_finished() and "retried_as" not in t.user_attrs for t in trials)
+    return sum(
+        t.state.is_finished()
+        and "retried_as" not in t.user_attrs
+        and "duplicate_of" not in t.user_attrs
+        for t in trials
+    )
 
 
 def wait_for_running_trial(
     url: str, folder: Path, number: int | None = None, timeout_s: float = 180
 ) -> optuna.trial.FrozenTrial:
-    """Wait until a trial (trial `number` if given) runs, and return it."""
+    """Wait until a trial (trial `number` if given) runs in its worker, and return it."""
     deadline = time.monotonic() + timeout_s
     # Opening Optuna's storage writes version rows, which races with the tables' creation:
     # wait until the coordinator has written sweep.json after creating them.
@@ -132,6 +137,8 @@ def wait_for_running_trial(
                 for t in load_trials(url)
                 if t.state == optuna.trial.TrialState.RUNNING
                 and (number is None or t.number == number)
+                # Written last by the worker: the trial's owner and job are recorded.
+                and "trial_dir" in t.user_attrs
             ]
         except (
             ValueError,
