@@ -13,6 +13,7 @@ from confit import Config
 from confit.utils.collections import split_path
 
 from tuner.errors import ConfigError
+from tuner.pruners import DEFAULT_PRUNER, build_pruner
 from tuner.space import Hyperparameter, apply_values, has_path, parse_hyperparameters
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class TuningSettings:
     two_phase_tuning: bool
     metric: tuple[str, ...]
     hyperparameters: tuple[Hyperparameter, ...]
-    pruner: Any = "median"
+    pruner: Any = None
     seed: int = DEFAULT_SEED
     seed_path: str = "train.seed"
     training_seeds: tuple[int, ...] | None = None
@@ -170,6 +171,9 @@ def parse_tuning(section: Mapping[str, Any]) -> TuningSettings:
     if n_trials is None and gpu_hours is None and timeout_s is None:
         gpu_hours = 1.0  # EDS-NLP's default budget
 
+    pruner = section.get("pruner", dict(DEFAULT_PRUNER))
+    build_pruner(pruner)  # an invalid pruner fails here, before any job is submitted
+
     return TuningSettings(
         output_dir=Path(str(section["output_dir"])),
         checkpoint_dir=Path(str(section["checkpoint_dir"])),
@@ -179,7 +183,7 @@ def parse_tuning(section: Mapping[str, Any]) -> TuningSettings:
         two_phase_tuning=_bool(section, "two_phase_tuning", False),
         metric=_metric(section.get("metric", DEFAULT_METRIC)),
         hyperparameters=tuple(parse_hyperparameters(section["hyperparameters"])),
-        pruner=section.get("pruner", "median"),
+        pruner=pruner,
         seed=_optional_int(section, "seed", minimum=0)
         if section.get("seed") is not None
         else DEFAULT_SEED,  # type: ignore[arg-type]

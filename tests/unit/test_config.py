@@ -34,7 +34,7 @@ def test_tutorial_keys_loaded(tmp_path: Path) -> None:
     assert loaded.tuning.metric_parts == (("ner", "micro", "f"),)
     assert loaded.tuning.seed == 42
     assert loaded.tuning.seed_parts == ("train", "seed")
-    assert loaded.tuning.pruner == "median"
+    assert loaded.tuning.pruner == {"type": "median", "n_startup_trials": 5, "min_validations": 5}
 
 
 def test_overrides_win(tmp_path: Path) -> None:
