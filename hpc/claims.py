@@ -20,6 +20,7 @@ _COUNTS_SQL = text(
     """
     SELECT t.state AS state,
            (retry.trial_id IS NOT NULL) AS retried,
+           (duplicate.trial_id IS NOT NULL) AS duplicate,
            count(*) AS trials,
            coalesce(sum(extract(epoch FROM t.datetime_complete - t.datetime_start)), 0) AS seconds,
            min(t.datetime_start) AS first_start
@@ -27,8 +28,10 @@ _COUNTS_SQL = text(
     JOIN studies s ON s.study_id = t.study_id
     LEFT JOIN trial_user_attributes retry
         ON retry.trial_id = t.trial_id AND retry.key = 'retried_as'
+    LEFT JOIN trial_user_attributes duplicate
+        ON duplicate.trial_id = t.trial_id AND duplicate.key = 'duplicate_of'
     WHERE s.study_name = :study_name
-    GROUP BY t.state, retried
+    GROUP BY t.state, retried, duplicate
     """
 )
 
@@ -84,12 +87,15 @@ class StudyCounts:
 def count_trials(connection: sqlalchemy.Connection, study_name: str) -> StudyCounts:
     """Count a study's trials by state with one aggregate query.
 
-    A failed trial queued again is counted as `retried`, not as finished.
+    A failed trial queued again is counted as `retried`, not as finished. A sample thrown
+    away as a duplicate is left out.
     """
     fields: dict[str, int] = {}
     finished_seconds = 0.0
     first_start = None
     for row in connection.execute(_COUNTS_SQL, {"study_name": study_name}):
+        if row.duplicate:
+            continue
         key = STATE_FIELDS[str(row.state)]
         if key == "failed" and row.retried:
             key = "retried"

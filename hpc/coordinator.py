@@ -20,6 +20,7 @@ from hpc.claims import Budget, budget_left, count_trials
 from hpc.reaper import reap_lost_trials, reap_sweep
 from hpc.storage import check_jobs_can_authenticate, create_engine, hide_password, optuna_storage
 from hpc.sweep import (
+    PHASE,
     Storage,
     Sweep,
     SweepRequest,
@@ -146,6 +147,8 @@ def _stop_reason(engine: sqlalchemy.Engine, sweep: Sweep, budget: Budget) -> str
         counts = count_trials(connection, sweep.study_name)
     if counts.running:
         return None
+    if tables.space_exhausted(engine, sweep.name, PHASE):
+        return f"{tables.SPACE_EXHAUSTED} ({counts.finished} trials finished)"
     return budget_left(counts, budget)
 
 

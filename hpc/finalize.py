@@ -17,6 +17,7 @@ from hpc.coordinator import budget_of, write_final_report
 from hpc.reaper import reap_sweep
 from hpc.storage import create_engine, optuna_storage
 from hpc.sweep import (
+    PHASE,
     Storage,
     Sweep,
     SweepRequest,
@@ -58,6 +59,8 @@ def _supervise(sweep: Sweep, storage: Storage) -> bool:
     state = sweep.state or {}
     counts = count_sweep_trials(sweep, storage)
     reason = budget_left(counts, budget_of(sweep))
+    if reason is None and _space_exhausted(sweep, storage):
+        reason = f"{tables.SPACE_EXHAUSTED} ({counts.finished} trials finished)"
     live = live_jobs(sweep, storage)
     own = os.environ.get("SLURM_JOB_ID")
     other_finalize = [job for job in live.finalize if job != own]
@@ -137,6 +140,14 @@ def _report_if_possible(sweep: Sweep, storage: Storage) -> None:
         logger.warning("No report written: %s", error)
         return
     logger.info("Report of the trials so far written to %s", report_dir)
+
+
+def _space_exhausted(sweep: Sweep, storage: Storage) -> bool:
+    engine = create_engine(storage.url, storage.schema)
+    try:
+        return tables.space_exhausted(engine, sweep.name, PHASE)
+    finally:
+        engine.dispose()
 
 
 @dataclass(frozen=True)

@@ -148,3 +148,22 @@ def unfinished_workers_with_jobs(
             )
         ).all()
     return {int(row.worker_id): row.job_id for row in rows}
+
+
+SPACE_EXHAUSTED = "search space exhausted"
+
+
+def space_exhausted(engine: sqlalchemy.Engine, sweep_name: str, phase: int) -> bool:
+    """Return whether a worker of the phase ended because every sample repeated a trial."""
+    table = workers_table
+    with engine.connect() as connection:
+        found = connection.execute(
+            sqlalchemy.select(table.c.worker_id)
+            .where(
+                table.c.sweep_name == sweep_name,
+                table.c.phase == phase,
+                table.c.exit_reason.startswith(SPACE_EXHAUSTED),
+            )
+            .limit(1)
+        ).first()
+    return found is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import shutil
@@ -34,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 END_RECORD_WINDOW_S = 30
+# Samples drawn in a row that all repeat earlier trials before the phase counts as exhausted.
+MAX_DUPLICATE_SAMPLES = 20
+PARAMS_KEY_ATTR = "params_key"
 SEED_MODULUS = 2**32
 MODEL_FOLDERS = ("model-last", "model")
 
@@ -231,13 +235,17 @@ class _Loop:
             if next(attempts):
                 # A claim cut by the outage may have left a trial started for this worker.
                 _retry_own_orphans(self.study, self.worker_id)
-            return claim(
-                self.engine,
-                spec.study_name,
-                spec.budget,
-                lambda: _ask(self.study, spec, self.rdb, self.worker_id),
-                may_start=self._may_start,
-            )
+            try:
+                return claim(
+                    self.engine,
+                    spec.study_name,
+                    spec.budget,
+                    lambda: _ask(self.study, spec, self.rdb, self.worker_id, self.engine),
+                    may_start=self._may_start,
+                )
+            except SpaceExhausted as exhausted:
+                logger.warning("Phase %d ends: %s.", spec.phase, exhausted)
+                return Claim(None, str(exhausted), StudyCounts())
 
         return self.db.call(claim_once, "claim a trial")
 
@@ -301,9 +309,39 @@ def _retry_own_orphans(study: optuna.Study, worker_id: int) -> None:
 
 
 def _ask(
-    study: optuna.Study, spec: WorkerSpec, rdb: RDBStorage, worker_id: int
+    study: optuna.Study,
+    spec: WorkerSpec,
+    rdb: RDBStorage,
+    worker_id: int,
+    engine: sqlalchemy.Engine,
 ) -> tuple[optuna.Trial, dict[str, Any]]:
-    trial = study.ask()
+    """Start the next trial under the claim's lock, sampling again over duplicates.
+
+    TPE's random start-up samples ignore running trials, so on a small discrete space two
+    workers can draw the same values. A sample whose values already ran or run in this phase
+    is closed at once (FAIL with `duplicate_of`, left out of every count) and another is
+    drawn. Retries repeat their values on purpose and are exempt.
+
+    Raises:
+        SpaceExhausted: `MAX_DUPLICATE_SAMPLES` samples in a row were all duplicates.
+    """
+    for _ in range(MAX_DUPLICATE_SAMPLES):
+        trial = study.ask()
+        values = suggest_values(trial, spec.objective.tuning.hyperparameters)
+        key = json.dumps(values, sort_keys=True, default=str)
+        enqueued = "fixed_params" in rdb.get_trial_system_attrs(trial._trial_id)
+        earlier = None if enqueued else duplicate_of(engine, spec.study_name, key)
+        if earlier is None:
+            break
+        trial.set_user_attr("duplicate_of", earlier)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        logger.info("Sample %s repeats trial %d: drawing another.", _format_values(values), earlier)
+    else:
+        raise SpaceExhausted(
+            f"{tables.SPACE_EXHAUSTED}: {MAX_DUPLICATE_SAMPLES} samples in a row repeated "
+            "trials that already ran or run in this phase"
+        )
+    trial.set_user_attr(PARAMS_KEY_ATTR, key)
     # The first heartbeat and the owner are written under the claim's lock, so no reaper
     # ever finds this trial without them.
     rdb.record_heartbeat(trial._trial_id)
@@ -312,8 +350,42 @@ def _ask(
         trial.set_user_attr("job_id", spec.job_id)
         # A requeued job keeps its id, so the restart count identifies the run that ran the trial.
         trial.set_user_attr("restart_count", int(os.environ.get("SLURM_RESTART_COUNT", "0")))
-    values = suggest_values(trial, spec.objective.tuning.hyperparameters)
     return trial, values
+
+
+class SpaceExhausted(Exception):
+    """Every recent sample repeated a trial of the phase."""
+
+
+_DUPLICATE_SQL = sqlalchemy.text(
+    """
+    SELECT t.number
+    FROM trials t
+    JOIN studies s ON s.study_id = t.study_id
+    JOIN trial_user_attributes k
+        ON k.trial_id = t.trial_id AND k.key = :params_key AND k.value_json = :value
+    WHERE s.study_name = :study_name
+      AND t.state IN ('COMPLETE', 'PRUNED', 'RUNNING', 'FAIL')
+      AND NOT EXISTS (
+          SELECT 1 FROM trial_user_attributes r
+          WHERE r.trial_id = t.trial_id AND r.key IN ('retried_as', 'duplicate_of')
+      )
+    ORDER BY t.number
+    LIMIT 1
+    """
+)
+
+
+def duplicate_of(engine: sqlalchemy.Engine, study_name: str, key: str) -> int | None:
+    """Return the number of a trial of the phase that ran or runs these values, if any.
+
+    A failed trial queued to run again is not one: its retry carries the values.
+    """
+    with engine.connect() as connection:
+        return connection.execute(
+            _DUPLICATE_SQL,
+            {"params_key": PARAMS_KEY_ATTR, "value": json.dumps(key), "study_name": study_name},
+        ).scalar_one_or_none()
 
 
 def _run_one(

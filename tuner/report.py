@@ -40,7 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.best_config import write_best_config, write_text_atomically
 from tuner.errors import HpcTuneError
-from tuner.retry_policy import RETRIED_ATTR
+from tuner.retry_policy import DUPLICATE_ATTR, RETRIED_ATTR
 from tuner.space import Hyperparameter, user_values
 
 logger = logging.getLogger(__name__)
@@ -173,7 +173,9 @@ def write_report(
     """
     started_s = time.monotonic()
     output_dir = Path(output_dir)
-    trials = study.get_trials(deepcopy=False)
+    # Samples thrown away as duplicates never trained: they are left out of the summary.
+    # NOTE: the timeline plot still draws them as short failed trials.
+    trials = [t for t in study.get_trials(deepcopy=False) if DUPLICATE_ATTR not in t.user_attrs]
     counts = {state: sum(trial.state == state for trial in trials) for state in REPORTED_STATES}
     if counts[TrialState.COMPLETE] == 0:
         state_counts = ", ".join(f"{state.name} {count}" for state, count in counts.items())

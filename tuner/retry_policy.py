@@ -14,6 +14,8 @@ from dataclasses import dataclass
 # The user attribute of a failed trial queued to run again: budgets and the report count it
 # once, through its retry.
 RETRIED_ATTR = "retried_as"
+# The user attribute of a sample closed at once because its values repeat an earlier trial.
+DUPLICATE_ATTR = "duplicate_of"
 # Error types raised by an invalid value or config: the same parameters raise them again.
 DETERMINISTIC_TYPES = frozenset(
     {

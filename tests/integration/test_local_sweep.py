@@ -283,3 +283,64 @@ def test_recorded_storage_reused(sweep_dir: Path, database_url: str) -> None:
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Nothing left to run" in again.stdout
     assert finished(load_trials(database_url)) == 8
+
+
+SMALL_SPACE = """\
+model:
+  act: relu
+  depth: 1
+tuning:
+  output_dir: results
+  checkpoint_dir: checkpoint
+  n_trials: {n_trials}
+  metric: "ner.micro.f"
+  hyperparameters:
+    "model.act": {{type: categorical, choices: [relu, gelu]}}
+    "model.depth": {{type: int, low: 1, high: 3}}
+hpc:
+  workers: 8
+  executor: local
+  objective: synthetic
+  synthetic: {{duration_s: 0.5}}
+"""
+
+
+def test_eight_workers_never_train_a_set_twice(tmp_path: Path, database_url: str) -> None:
+    # 6 parameter sets and a budget of 10 trials: the space runs out before the budget.
+    (tmp_path / "config.yml").write_text(SMALL_SPACE.format(n_trials=10))
+    result = run_hpc("sweep", "--config", "config.yml", "--storage", database_url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    trials = load_trials(database_url)
+    trained = [t for t in trials if "duplicate_of" not in t.user_attrs]
+    sets = [tuple(sorted(t.params.items())) for t in trained]
+    assert len(sets) == len(set(sets))
+    assert len(sets) == 6
+    assert "Nothing left to run: search space exhausted (6 trials finished)" in result.stdout
+    assert finished(trials) == 6
+    summary = (tmp_path / "results" / "result_summary.txt").read_text()
+    assert "Trials covered: 6," in summary
+
+
+def test_gpu_hours_shared_by_four_workers(tmp_path: Path, database_url: str) -> None:
+    trial_s, budget_s, workers = 2.0, 24.0, 4
+    config = CONFIG.format(n_trials=1, workers=workers).replace(
+        "  n_trials: 1\n", f"  gpu_hours: {budget_s / 3600}\n"
+    )
+    config = config.replace(
+        "synthetic: {duration_s: 0.3, fail_trials: [1], crash_trials: [2], nan_trials: [0]}",
+        f"synthetic: {{duration_s: {trial_s}}}",
+    )
+    (tmp_path / "config.yml").write_text(config)
+    result = run_hpc("sweep", "--config", "config.yml", "--storage", database_url, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    trials = load_trials(database_url)
+    spent_s = sum(
+        (t.datetime_complete - t.datetime_start).total_seconds()
+        for t in trials
+        if t.datetime_complete is not None and t.datetime_start is not None
+    )
+    print(f"{len(trials)} trials spent {spent_s:.1f} s of a {budget_s:.0f} s budget")
+    assert budget_s - trial_s <= spent_s <= budget_s + workers * trial_s
+    assert "gpu_hours spent" in result.stdout
