@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpc import scheduler, templates
+from hpc.slurm_settings import SlurmSettings, derived_time_min
 from hpc.sweep import Sweep
 from hpc.sweep_state import read_sweep_state, write_json_atomic
 from tuner.errors import HpcTuneError
@@ -39,7 +41,7 @@ def render_scripts(sweep: Sweep, working_dir: Path) -> tuple[Path, Path]:
     log_dir = sweep.paths.jobs_dir / "slurm"
     log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     worker = templates.render_worker_script(
-        sweep.settings.slurm,
+        _worker_settings(sweep),
         sweep_dir=sweep.paths.root,
         working_dir=working_dir,
         python=sys.executable,
@@ -60,6 +62,26 @@ def render_scripts(sweep: Sweep, working_dir: Path) -> tuple[Path, Path]:
     _write_script(worker_path, worker)
     _write_script(finalize_path, finalize)
     return worker_path, finalize_path
+
+
+def _worker_settings(sweep: Sweep) -> SlurmSettings:
+    """Return the workers' Slurm settings, with a time limit derived from a GPU-hour budget
+    when the user set none."""
+    settings = sweep.settings.slurm
+    tuning = sweep.loaded.tuning
+    if settings.time_min is not None or tuning.n_trials is not None or tuning.gpu_hours is None:
+        return settings
+    time_min = derived_time_min(
+        tuning.gpu_hours, sweep.settings.workers, settings.gpus_per_task, settings.signal_lead_s
+    )
+    logger.info(
+        "Worker time limit: %d min, derived from gpu_hours=%s over %d workers "
+        "(set hpc.slurm.time_min to choose it).",
+        time_min,
+        tuning.gpu_hours,
+        sweep.settings.workers,
+    )
+    return dataclasses.replace(settings, time_min=time_min)
 
 
 def submit(sweep: Sweep) -> Submission:

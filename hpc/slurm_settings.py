@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -318,3 +319,21 @@ def _exported_env(value: Any) -> tuple[str, ...]:
     for index, name in enumerate(names):
         validate_env_name(name, f"hpc.slurm.exported_env[{index}]")
     return tuple(dict.fromkeys(names))
+
+
+# Margins of a time limit derived from a GPU-hour budget: workers do not share the budget
+# evenly, each may overshoot by one trial, and the job starts Python and the trial host first.
+SHARE_MARGIN = 1.5
+START_UP_MIN = 10
+
+
+def derived_time_min(gpu_hours: float, workers: int, gpus_per_task: int, signal_lead_s: int) -> int:
+    """Return a worker's time limit in minutes for a sweep that spends `gpu_hours`.
+
+    A worker's share of the budget is `gpu_hours / (workers * GPUs per worker)`; the limit
+    adds half of it again, the start-up and the pre-timeout signal's lead, rounded up to 5
+    minutes.
+    """
+    share_min = gpu_hours * 60 / (workers * max(1, gpus_per_task))
+    total = share_min * SHARE_MARGIN + START_UP_MIN + signal_lead_s / 60
+    return int(5 * math.ceil(total / 5))

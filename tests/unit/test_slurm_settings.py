@@ -188,3 +188,14 @@ def test_validate_env_name_names_its_source() -> None:
 def test_abbreviated_reserved_option_rejected(option: str) -> None:
     with pytest.raises(ConfigError, match="which hpc-tune controls"):
         parse_slurm_section({"extra_sbatch": [option]})
+
+
+def test_time_limit_derived_from_gpu_hours() -> None:
+    from hpc.slurm_settings import derived_time_min
+
+    # 4 GPU-hours over 4 one-GPU workers: 60 min each, 90 with the margin, plus 10 min of
+    # start-up and the 3 min signal lead, rounded up to 105.
+    assert derived_time_min(4.0, workers=4, gpus_per_task=1, signal_lead_s=180) == 105
+    # Two GPUs per worker spend the budget twice as fast.
+    assert derived_time_min(4.0, workers=4, gpus_per_task=2, signal_lead_s=180) == 60
+    assert derived_time_min(0.01, workers=1, gpus_per_task=0, signal_lead_s=120) == 15
