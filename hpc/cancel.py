@@ -69,6 +69,11 @@ def _cancel_slurm_jobs(sweep: Sweep, storage: Storage) -> str:
     cancelled = live.finalize + workers
     if not cancelled:
         return "no job was queued or running"
+    if not workers:
+        logger.warning(
+            "The workers had ended: only the finalize job was cancelled, so no report was "
+            "written. Run the sweep command again to write it."
+        )
     deadline = time.monotonic() + STOP_WAIT_S
     while time.monotonic() < deadline:
         if not [job for job in scheduler.query_jobs(cancelled) if job.active]:

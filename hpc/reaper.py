@@ -211,8 +211,12 @@ def reap_lost_trials(
     sweep_name: str,
     extra_dead: set[int] | None = None,
     max_retries: int = DEFAULT_MAX_RETRIES,
+    stopped_by_user: bool = False,
 ) -> int:
     """Fail the RUNNING trials of dead workers at once, and retry them by the policy.
+
+    With `stopped_by_user` (Ctrl-C, cancel), the trials always run again, without using up a
+    retry: the user stopped them, they did not fail.
 
     Dead workers are this host's workers whose process is gone, plus `extra_dead` (earlier
     runs of a requeued job). Neither can still run, so no heartbeat grace is needed.
@@ -229,11 +233,17 @@ def reap_lost_trials(
     reaped = 0
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if trial.user_attrs.get("worker") in dead:
+            error = (
+                "Interrupted: the sweep was stopped (Ctrl-C or cancel)"
+                if stopped_by_user
+                else "WorkerLost: its worker process ended while it ran"
+            )
             fail_and_retry(
                 study,
                 trial,
-                "WorkerLost: its worker process ended while it ran",
+                error,
                 max_retries=max_retries,
+                count_attempt=not stopped_by_user,
             )
             reaped += 1
     tables.mark_ended(engine, dead, "process not found")

@@ -9,7 +9,6 @@ import optuna
 from hpc.reaper import reap_sweep
 from hpc.storage import create_engine, hide_password, optuna_storage
 from hpc.sweep import (
-    PHASE,
     Storage,
     Sweep,
     SweepRequest,
@@ -18,6 +17,7 @@ from hpc.sweep import (
     load_sweep,
     open_storage,
 )
+from tuner.errors import HpcTuneError
 from tuner.space import user_values
 
 
@@ -25,6 +25,11 @@ def print_status(config_path: Path, storage_url: str | None) -> int:
     """Print one screen about the sweep of `config_path`; return the exit code."""
     request = SweepRequest(config_path=config_path, storage=storage_url)
     sweep = load_sweep(request, use_recorded_overrides=True)
+    if sweep.state is None:
+        raise HpcTuneError(
+            f"No sweep found in {sweep.paths.root}: check tuning.checkpoint_dir and the folder "
+            "you run from, or start the sweep with 'python -m hpc sweep'."
+        )
     storage = open_storage(sweep, request, create=False)
     try:
         return _print_sweep(sweep, storage)
@@ -37,7 +42,7 @@ def _print_sweep(sweep: Sweep, storage: Storage) -> int:
     counts = count_sweep_trials(sweep, storage)
     tuning = sweep.loaded.tuning
 
-    print(f"Sweep:    {sweep.name} (phase {PHASE}, study {sweep.study_name})")
+    print(f"Sweep:    {sweep.name} (phase {sweep.phase}, study {sweep.study_name})")
     print(f"Storage:  {hide_password(storage.url)}")
     print(
         f"Trials:   complete {counts.complete}, pruned {counts.pruned}, failed {counts.failed}, "

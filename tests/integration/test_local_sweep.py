@@ -245,7 +245,11 @@ def test_interrupted_sweep_resumes(tmp_path: Path, database_url: str) -> None:
 
 
 def test_cancel_local_sweep_then_continue(tmp_path: Path, database_url: str) -> None:
-    (tmp_path / "config.yml").write_text(SLOW_CONFIG.format(n_trials=4, workers=2))
+    # No retries allowed: a cancel must still queue the stopped trials again.
+    config = SLOW_CONFIG.format(n_trials=4, workers=2)
+    (tmp_path / "config.yml").write_text(
+        config.replace("  workers:", "  max_retries: 0\n  workers:")
+    )
     sweep = start_sweep(tmp_path, database_url)
     wait_for_running_trial(database_url, tmp_path)
 
@@ -254,12 +258,16 @@ def test_cancel_local_sweep_then_continue(tmp_path: Path, database_url: str) -> 
     assert "interrupted the coordinator" in cancel.stdout
     sweep.communicate(timeout=120)
     assert sweep.returncode == 130
-    assert optuna.trial.TrialState.RUNNING not in [t.state for t in load_trials(database_url)]
+    stopped = load_trials(database_url)
+    assert optuna.trial.TrialState.RUNNING not in [t.state for t in stopped]
+    assert all("retried_as" in t.user_attrs for t in stopped if t.state.name == "FAIL")
 
     again = run_hpc("sweep", "--config", "config.yml", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "was cancelled" in again.stdout
-    assert finished(load_trials(database_url)) == 4
+    trials = load_trials(database_url)
+    assert finished(trials) == 4
+    assert not [t for t in trials if t.state.name == "FAIL" and "retried_as" not in t.user_attrs]
 
 
 def test_second_coordinator_rejected(tmp_path: Path, database_url: str) -> None:
@@ -274,6 +282,9 @@ def test_second_coordinator_rejected(tmp_path: Path, database_url: str) -> None:
 
 
 def test_recorded_storage_reused(sweep_dir: Path, database_url: str) -> None:
+    never = run_hpc("status", "--config", "config.yml", cwd=sweep_dir)
+    assert never.returncode == 2
+    assert "No sweep found" in never.stderr
     first = run_hpc("sweep", "--config", "config.yml", "--storage", database_url, cwd=sweep_dir)
     assert first.returncode == 0, first.stderr[-3000:]
     status = run_hpc("status", "--config", "config.yml", cwd=sweep_dir)
