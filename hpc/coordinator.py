@@ -20,7 +20,6 @@ from hpc.claims import Budget, budget_left, count_trials
 from hpc.reaper import reap_lost_trials, reap_sweep
 from hpc.storage import check_jobs_can_authenticate, create_engine, hide_password, optuna_storage
 from hpc.sweep import (
-    PHASE,
     Storage,
     Sweep,
     SweepRequest,
@@ -33,6 +32,7 @@ from hpc.sweep import (
 )
 from hpc.sweep_state import write_json_atomic
 from tuner.errors import ConfigError, HpcTuneError
+from tuner.phases import STOP, phase_budget
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ WORKER_STOP_TIMEOUT_S = 10.0
 def run_sweep(request: SweepRequest) -> int:
     """Create or continue a sweep, run its workers locally, and write the report."""
     sweep = load_sweep(request)
-    _check_supported(sweep)
     executor = choose_executor(sweep.settings.executor)
     if executor == "slurm":
         _check_slurm_storage(sweep, request)
@@ -71,10 +70,29 @@ def run_sweep(request: SweepRequest) -> int:
 
 
 def _run(sweep: Sweep, storage: Storage, request: SweepRequest, preflight_done: bool) -> Path:
+    """Run the phases left: rounds of workers until the phase's budget is spent."""
+    from hpc.phases import promote, report_dir
+
+    while True:
+        reason = _run_phase(sweep, storage, request, preflight_done)
+        preflight_done = True
+        if reason is None or not sweep.loaded.tuning.two_phase_tuning or sweep.phase > 1:
+            return write_final_report(sweep, storage)
+        plan, sweep = promote(sweep, storage, budget_of(sweep).n_trials)
+        print(f"Phase 1 is over: {plan.reason}.")
+        if plan.decision == STOP:
+            return report_dir(sweep, 1)
+
+
+def _run_phase(
+    sweep: Sweep, storage: Storage, request: SweepRequest, preflight_done: bool
+) -> str | None:
+    """Run rounds of local workers on the sweep's phase; return why it ended, if it did."""
     study = create_or_load_study(sweep, storage)
     write_state(sweep, storage)
     engine = create_engine(storage.url, storage.schema)
     budget = budget_of(sweep)
+    reason = None
     try:
         reaped = reap_lost_trials(engine, study, sweep.name, max_retries=sweep.settings.max_retries)
         if reaped:
@@ -93,9 +111,11 @@ def _run(sweep: Sweep, storage: Storage, request: SweepRequest, preflight_done: 
             if round_number > 1:
                 print(f"Starting workers again for the trials left (round {round_number}).")
             _run_round(sweep, storage, engine, study)
+        else:
+            reason = _stop_reason(engine, sweep, budget)
     finally:
         engine.dispose()
-    return write_final_report(sweep, storage)
+    return reason
 
 
 def _run_round(
@@ -106,7 +126,13 @@ def _run_round(
         local_workers.follow(sweep, storage, jobs)
     except KeyboardInterrupt:
         _end_local_workers(engine, sweep)
-        reaped = reap_lost_trials(engine, study, sweep.name, max_retries=sweep.settings.max_retries)
+        reaped = reap_lost_trials(
+            engine,
+            study,
+            sweep.name,
+            max_retries=sweep.settings.max_retries,
+            stopped_by_user=True,
+        )
         print(
             f"Interrupted: workers stopped, {reaped} running trials will run again first. "
             f"Continue with: make sweep CONFIG={sweep.loaded.path}",
@@ -134,11 +160,15 @@ def _end_local_workers(engine: sqlalchemy.Engine, sweep: Sweep) -> None:
 
 
 def budget_of(sweep: Sweep) -> Budget:
+    """Return the budget of the sweep's current phase."""
     tuning = sweep.loaded.tuning
+    share = phase_budget(
+        tuning.n_trials, tuning.gpu_hours, tuning.timeout_s, tuning.two_phase_tuning, sweep.phase
+    )
     return Budget(
-        n_trials=tuning.n_trials,
-        gpu_seconds=None if tuning.gpu_hours is None else tuning.gpu_hours * 3600,
-        timeout_s=tuning.timeout_s,
+        n_trials=share.n_trials,
+        gpu_seconds=None if share.gpu_hours is None else share.gpu_hours * 3600,
+        timeout_s=share.timeout_s,
     )
 
 
@@ -147,28 +177,38 @@ def _stop_reason(engine: sqlalchemy.Engine, sweep: Sweep, budget: Budget) -> str
         counts = count_trials(connection, sweep.study_name)
     if counts.running:
         return None
-    if tables.space_exhausted(engine, sweep.name, PHASE):
+    if tables.space_exhausted(engine, sweep.name, sweep.phase):
         return f"{tables.SPACE_EXHAUSTED} ({counts.finished} trials finished)"
     return budget_left(counts, budget)
 
 
 def write_final_report(sweep: Sweep, storage: Storage) -> Path:
-    """Write the report of the sweep's study into `tuning.output_dir`."""
-    from tuner.report import ReportContext, write_report
+    """Write the report of the sweep's current phase into `tuning.output_dir`.
+
+    In phase 2, when phase 1's best value stays better, the report says so and its
+    `config.yml` holds phase 1's best values.
+    """
+    from hpc.phases import phase_one_stays_best, report_context, report_dir
+    from tuner.best_config import write_text_atomically
+    from tuner.report import SUMMARY_NAME, write_report
 
     study = optuna.load_study(
         study_name=sweep.study_name,
         storage=optuna_storage(storage.url, storage.schema, create_tables=False),
     )
     tuning = sweep.loaded.tuning
-    context = ReportContext(
-        sweep_name=sweep.name,
-        metric=tuning.metric,
-        seed=tuning.seed,
-        n_trials_target=tuning.n_trials,
-    )
-    output_dir = tuning.output_dir.expanduser().resolve()
-    return write_report(study, output_dir, sweep.loaded.path, tuning.hyperparameters, context)
+    folder = report_dir(sweep)
+    context = report_context(sweep, budget_of(sweep).n_trials)
+    written = write_report(study, folder, sweep.loaded.path, tuning.hyperparameters, context)
+    if sweep.phase > 1:
+        note = phase_one_stays_best(sweep, storage)
+        first_config = report_dir(sweep, 1) / "config.yml"
+        if note is not None and first_config.is_file():
+            logger.warning(note)
+            summary = written / SUMMARY_NAME
+            write_text_atomically(summary, f"{summary.read_text()}\n{note}\n")
+            write_text_atomically(written / "config.yml", f"# {note}\n{first_config.read_text()}")
+    return written
 
 
 def choose_executor(setting: str) -> str:
@@ -255,14 +295,6 @@ def _clear_cancel(sweep: Sweep) -> None:
     state.pop("cancel", None)
     state.pop("supervisor_resubmits", None)
     write_json_atomic(sweep.paths.sweep_file, state)
-
-
-def _check_supported(sweep: Sweep) -> None:
-    if sweep.loaded.tuning.two_phase_tuning:
-        raise ConfigError(
-            "tuning.two_phase_tuning: true is not supported by this version of hpc-tune yet. "
-            "Set it to false to tune every hyperparameter in one phase."
-        )
 
 
 def _preflight(sweep: Sweep, request: SweepRequest) -> None:

@@ -17,7 +17,6 @@ from hpc.coordinator import budget_of, write_final_report
 from hpc.reaper import reap_sweep
 from hpc.storage import create_engine, optuna_storage
 from hpc.sweep import (
-    PHASE,
     Storage,
     Sweep,
     SweepRequest,
@@ -28,6 +27,7 @@ from hpc.sweep import (
 )
 from hpc.sweep_state import SweepPaths, read_sweep_state, write_json_atomic
 from tuner.errors import HpcTuneError
+from tuner.phases import STOP
 
 logger = logging.getLogger(__name__)
 
@@ -89,10 +89,30 @@ def _supervise(sweep: Sweep, storage: Storage) -> bool:
     if reason is None:
         return _resubmit_dead_workers(sweep, storage, counts.finished)
     logger.info("Budget spent: %s.", reason)
+    if sweep.loaded.tuning.two_phase_tuning and sweep.phase == 1:
+        return _start_phase_two(sweep, storage)
     report_dir = write_final_report(sweep, storage)
     logger.info("Report written to %s", report_dir)
     print(f"Report: {report_dir}")
     return not live.workers and not other_finalize
+
+
+def _start_phase_two(sweep: Sweep, storage: Storage) -> bool:
+    """Promote the sweep to phase 2 and submit its workers and finalize job."""
+    from hpc.phases import promote
+
+    plan, sweep = promote(sweep, storage, budget_of(sweep).n_trials)
+    if plan.decision == STOP:
+        logger.warning("The sweep ends after phase 1: %s.", plan.reason)
+        return True
+    slurm_executor.render_scripts(sweep, Path((sweep.state or {})["working_dir"]))
+    submission = slurm_executor.submit(sweep)
+    logger.info(
+        "Phase 2 submitted: workers %s, finalize job %s.",
+        submission.array_job_id,
+        submission.finalize_job_id,
+    )
+    return False
 
 
 def _resubmit_dead_workers(sweep: Sweep, storage: Storage, finished: int) -> bool:
@@ -145,7 +165,7 @@ def _report_if_possible(sweep: Sweep, storage: Storage) -> None:
 def _space_exhausted(sweep: Sweep, storage: Storage) -> bool:
     engine = create_engine(storage.url, storage.schema)
     try:
-        return tables.space_exhausted(engine, sweep.name, PHASE)
+        return tables.space_exhausted(engine, sweep.name, sweep.phase)
     finally:
         engine.dispose()
 

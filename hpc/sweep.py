@@ -37,7 +37,7 @@ from tuner.errors import ConfigError, HpcTuneError
 
 logger = logging.getLogger(__name__)
 
-PHASE = 1
+FIRST_PHASE = 1
 SPACE_ATTR = "search_space"
 # `hpc.storage: embedded` requests the embedded server explicitly, as Slurm sweeps must.
 EMBEDDED = "embedded"
@@ -68,8 +68,18 @@ class Sweep:
     tuning_overrides: dict[str, Any]
 
     @property
+    def phase(self) -> int:
+        """The phase the sweep is in: 1, or 2 once a two-phase sweep was promoted."""
+        return int((self.state or {}).get("phase", FIRST_PHASE))
+
+    @property
     def study_name(self) -> str:
-        return study_name(self.name, PHASE)
+        return study_name(self.name, self.phase)
+
+    @property
+    def phase_plan(self) -> dict[str, Any]:
+        """The promotion's record: kept and frozen hyperparameters, decision and reason."""
+        return dict((self.state or {}).get("phase_plan") or {})
 
 
 @dataclass(frozen=True)
@@ -236,8 +246,8 @@ def write_state(sweep: Sweep, storage: Storage, executor: str = "local") -> None
         storage_url=hide_password(storage.url),
         schema=storage.schema,
         embedded=storage.embedded,
-        phase=PHASE,
-        studies={str(PHASE): sweep.study_name},
+        phase=sweep.phase,
+        studies={**state.get("studies", {}), str(sweep.phase): sweep.study_name},
         tuning_overrides=sweep.tuning_overrides,
         objective=sweep.settings.objective,
         synthetic=dict(sweep.settings.synthetic),

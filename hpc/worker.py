@@ -8,8 +8,8 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,8 +28,9 @@ from hpc.storage import create_engine, hide_password, optuna_storage
 from hpc.sweep_state import SweepPaths
 from hpc.trial_host import TRIAL_LOG, HostDied, TrialHost, TrialOutcome
 from tuner.objectives import ObjectiveSpec, TrialRequest
+from tuner.phases import phase_budget
 from tuner.pruners import build_pruner
-from tuner.space import suggest_values
+from tuner.space import Hyperparameter, suggest_values
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class WorkerSpec:
         heartbeat_grace_s: Seconds without a heartbeat after which a trial is stale.
         db_retry_s: How long the worker retries the database before it gives up.
         signal_lead_s: Seconds between the pre-timeout signal and the job's time limit.
+        tuned: In phase 2, the names of the hyperparameters this phase samples; None for all.
+        frozen: In phase 2, the values of the hyperparameters it does not sample.
     """
 
     paths: SweepPaths
@@ -82,6 +85,14 @@ class WorkerSpec:
     heartbeat_grace_s: int = 300
     db_retry_s: int = 600
     signal_lead_s: int = 180
+    tuned: tuple[str, ...] | None = None
+    frozen: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def sampled_hyperparameters(self) -> list[Hyperparameter]:
+        """The hyperparameters this phase samples."""
+        every = self.objective.tuning.hyperparameters
+        return [hp for hp in every if self.tuned is None or hp.name in self.tuned]
 
 
 @dataclass(frozen=True)
@@ -327,7 +338,7 @@ def _ask(
     """
     for _ in range(MAX_DUPLICATE_SAMPLES):
         trial = study.ask()
-        values = suggest_values(trial, spec.objective.tuning.hyperparameters)
+        values = suggest_values(trial, spec.sampled_hyperparameters)
         key = json.dumps(values, sort_keys=True, default=str)
         enqueued = "fixed_params" in rdb.get_trial_system_attrs(trial._trial_id)
         earlier = None if enqueued else duplicate_of(engine, spec.study_name, key)
@@ -409,7 +420,10 @@ def _run_one(
     db.call(lambda: trial.set_user_attr("trial_dir", str(trial_dir)), "record the trial folder")
     logger.info("Trial %d started: %s", trial.number, _format_values(values))
 
-    request = TrialRequest(number=trial.number, values=values, seed=seed, trial_dir=str(trial_dir))
+    # Phase 2 trains every trial under the same frozen values of the other hyperparameters.
+    request = TrialRequest(
+        number=trial.number, values={**spec.frozen, **values}, seed=seed, trial_dir=str(trial_dir)
+    )
     started = time.monotonic()
     with Heartbeat(rdb, trial._trial_id, trial.number, spec.heartbeat_s):
         try:
@@ -534,12 +548,16 @@ def spec_from_state(state: dict[str, Any], paths: SweepPaths, job_id: str | None
     loaded = load_config(Path(state["config_path"]), overrides=state.get("tuning_overrides", {}))
     tuning = loaded.tuning
     phase = int(state["phase"])
+    share = phase_budget(
+        tuning.n_trials, tuning.gpu_hours, tuning.timeout_s, tuning.two_phase_tuning, phase
+    )
     budget = Budget(
-        n_trials=tuning.n_trials,
-        gpu_seconds=None if tuning.gpu_hours is None else tuning.gpu_hours * 3600,
-        timeout_s=tuning.timeout_s,
+        n_trials=share.n_trials,
+        gpu_seconds=None if share.gpu_hours is None else share.gpu_hours * 3600,
+        timeout_s=share.timeout_s,
         gpus_per_trial=int(state.get("gpus_per_trial", 1)),
     )
+    plan = state.get("phase_plan") or {} if phase > 1 else {}
     return WorkerSpec(
         paths=paths,
         sweep_name=state["sweep_name"],
@@ -553,6 +571,7 @@ def spec_from_state(state: dict[str, Any], paths: SweepPaths, job_id: str | None
             config_path=loaded.path,
             tuning=tuning,
             options=state.get("synthetic", {}),
+            phase=phase,
         ),
         seed=tuning.seed,
         keep_models=int(state.get("keep_models", 1)),
@@ -563,4 +582,6 @@ def spec_from_state(state: dict[str, Any], paths: SweepPaths, job_id: str | None
         heartbeat_grace_s=int(state.get("heartbeat_grace_s", 300)),
         db_retry_s=int(state.get("db_retry_s", 600)),
         signal_lead_s=int(state.get("signal_lead_s", 180)),
+        tuned=tuple(plan["kept"]) if plan else None,
+        frozen=dict(plan.get("frozen", {})),
     )

@@ -56,12 +56,14 @@ class ObjectiveSpec:
         config_path: The user's config file.
         tuning: The validated tuning settings, command-line overrides applied.
         options: Options of the synthetic objective.
+        phase: The phase the trials belong to (it decides whether `training_seeds` apply).
     """
 
     kind: str
     config_path: Path
     tuning: TuningSettings
     options: Mapping[str, Any] = field(default_factory=dict)
+    phase: int = 1
 
 
 def build_objective(spec: ObjectiveSpec) -> Objective:
@@ -69,15 +71,16 @@ def build_objective(spec: ObjectiveSpec) -> Objective:
         from tuner.synthetic import SyntheticObjective
 
         return SyntheticObjective(spec.tuning, spec.options)
-    return EdsnlpObjective(spec.config_path, spec.tuning)
+    return EdsnlpObjective(spec.config_path, spec.tuning, spec.phase)
 
 
 class EdsnlpObjective:
     """Train the user's EDS-NLP config with the trial's values."""
 
-    def __init__(self, config_path: Path, tuning: TuningSettings) -> None:
+    def __init__(self, config_path: Path, tuning: TuningSettings, phase: int = 1) -> None:
         self.config = Config.from_yaml_str(Path(config_path).read_text(encoding="utf-8"))
         self.tuning = tuning
+        self.phase = phase
 
     def prepare(self) -> None:
         from tuner import training
@@ -88,7 +91,7 @@ class EdsnlpObjective:
     def run(self, request: TrialRequest, on_score: ScoreCallback) -> float:
         from tuner import training
 
-        seeds = training_seeds(self.tuning, phase=1)
+        seeds = training_seeds(self.tuning, phase=self.phase)
         if not seeds:
             config = trial_config(self.config, self.tuning, request)
             return training.train_trial(config, self.tuning.metric_parts, on_score)

@@ -29,6 +29,39 @@ STOP = "stop after phase 1"
 
 
 @dataclass(frozen=True)
+class PhaseBudget:
+    """The budget of one phase: trials, GPU-hours or wall-clock seconds, None when unset."""
+
+    n_trials: int | None
+    gpu_hours: float | None
+    timeout_s: float | None
+
+
+def phase_budget(
+    n_trials: int | None,
+    gpu_hours: float | None,
+    timeout_s: float | None,
+    two_phase: bool,
+    phase: int,
+) -> PhaseBudget:
+    """Split the sweep's budget between the phases, as EDS-NLP does.
+
+    Phase 2 gets `n_trials // 2` trials and phase 1 the rest (the larger half); GPU-hours and
+    time are halved. A one-phase sweep keeps the whole budget.
+    """
+    if not two_phase:
+        return PhaseBudget(n_trials, gpu_hours, timeout_s)
+    if n_trials is not None:
+        second = n_trials // 2
+        n_trials = n_trials - second if phase == 1 else second
+    return PhaseBudget(
+        n_trials,
+        None if gpu_hours is None else gpu_hours / 2,
+        None if timeout_s is None else timeout_s / 2,
+    )
+
+
+@dataclass(frozen=True)
 class PhasePlan:
     """What follows phase 1.
 

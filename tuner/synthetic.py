@@ -24,12 +24,13 @@ OPTIONS = {
     "nan_trials": [],  # trial numbers that return NaN
     "crash_trials": [],  # trial numbers whose process kills itself (SIGKILL, as the OOM killer)
     "slow_trials": {},  # trial number -> seconds, for the trials that take longer
+    "weights": {},  # hyperparameter name -> weight in the score (default 1 each)
     "fail_array_tasks": [],  # Slurm array task ids whose worker exits with status 1 at start
 }
 
 
 class SyntheticObjective:
-    """Score = 1 minus the mean squared distance of the normalized values to 0.3."""
+    """Score = 1 minus the weighted mean squared distance of the normalized values to 0.3."""
 
     def __init__(self, tuning: TuningSettings, options: Mapping[str, Any]) -> None:
         unknown = sorted(set(options) - set(OPTIONS))
@@ -38,6 +39,11 @@ class SyntheticObjective:
                 f"hpc.synthetic: unknown keys {unknown}. Valid keys: {', '.join(OPTIONS)}."
             )
         self.options = {**OPTIONS, **dict(options)}
+        if not isinstance(self.options["weights"], Mapping):
+            raise ConfigError(
+                "hpc.synthetic.weights: expected a mapping of hyperparameter name to weight, "
+                f"got {self.options['weights']!r}."
+            )
         if not isinstance(self.options["slow_trials"], Mapping):
             raise ConfigError(
                 "hpc.synthetic.slow_trials: expected a mapping of trial number to seconds, got "
@@ -66,7 +72,9 @@ class SyntheticObjective:
         return target
 
     def score(self, values: Mapping[str, Any]) -> float:
+        weights = self.options["weights"]
         distances = []
+        total = 0.0
         for hp in self.tuning.hyperparameters:
             value = values.get(hp.name)
             if hp.is_categorical:
@@ -80,8 +88,10 @@ class SyntheticObjective:
                 if hp.log:
                     low, high, number = math.log(low), math.log(high), math.log(number)
                 position = 0.0 if high == low else (number - low) / (high - low)
-            distances.append((position - 0.3) ** 2)
-        return 1.0 - sum(distances) / max(1, len(distances))
+            weight = float(weights.get(hp.name, 1.0))
+            distances.append(weight * (position - 0.3) ** 2)
+            total += weight
+        return 1.0 - sum(distances) / (total or 1.0)
 
     def _duration_s(self, seed: int) -> float:
         duration = self.options["duration_s"]

@@ -242,3 +242,26 @@ def _close(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
+
+
+def sweep_jobs(checkpoint: Path) -> list[str]:
+    """Return every job id the sweep recorded in `checkpoint/sweep.json`."""
+    state = json.loads((checkpoint / "sweep.json").read_text())
+    entries = state.get("submissions", [])
+    return [job for entry in entries for job in (entry["workers"], entry["finalize"]) if job]
+
+
+def wait_for_sweep_jobs(checkpoint: Path, timeout_s: float = 400) -> None:
+    """Wait until every job the sweep recorded, including later submissions, has ended."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        jobs = sweep_jobs(checkpoint)
+        states = scheduler.query_jobs(jobs)
+        # sacct may list a job only a moment after its submission: wait until all are known.
+        known = {state.job_id for state in states}
+        if set(jobs) <= known and not [state for state in states if state.active]:
+            time.sleep(1)
+            if sweep_jobs(checkpoint) == jobs:
+                return
+        time.sleep(2)
+    raise AssertionError(f"the sweep's jobs did not end in {timeout_s} s")

@@ -99,3 +99,41 @@ def test_data_loader_workers_in_trials(tmp_path: Path, tiny_bert: Path, database
     assert "COMPLETE: 1" in summary
     log = (tmp_path / "checkpoint" / "quaero" / "trials" / "00000" / "trial.log").read_text()
     assert "daemonic" not in log
+
+
+def test_two_phase_on_slurm(tmp_path: Path, tiny_bert: Path, database_url: str) -> None:
+    """Phase 1 on Slurm, then its finalize job promotes the sweep and phase 2 runs there."""
+    from sweep_helpers import skip_without_slurm, wait_for_sweep_jobs
+
+    skip_without_slurm()
+    # 3 trials per phase: the fewest with which fANOVA ranks the parameters.
+    config = example_config(tmp_path, tiny_bert, n_trials=6)
+    text = config.read_text().replace("two_phase_tuning: False", "two_phase_tuning: True")
+    text = text.replace(
+        "  executor: auto",
+        "  executor: slurm\n  workers: 1\n"
+        "  slurm: {gpus_per_task: 0, cpus_per_task: 1, mem_gb: 2, time_min: 20}",
+    )
+    text = text.replace("  workers: 2\n", "", 1)
+    config.write_text(text)
+    result = subprocess.run(
+        [sys.executable, "-m", "hpc", "sweep", "--config", "config.yml"]
+        + ["--storage", database_url],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    wait_for_sweep_jobs(tmp_path / "checkpoint" / "quaero", timeout_s=800)
+
+    report = tmp_path / "results" / "quaero"
+    assert (report / "phase_1" / "result_summary.txt").is_file()
+    summary = (report / "phase_2" / "result_summary.txt").read_text()
+    assert "Frozen at their phase-1 best values" in summary
+    best = (report / "phase_2" / "config.yml").read_text()
+    for alias in ("hidden_dropout", "attention_dropout", "classifier_dropout"):
+        assert f"{alias}:" in summary
+    assert "hidden_dropout_prob:" in best
+    assert "classifier_dropout:" in best

@@ -27,6 +27,7 @@ from sweep_helpers import (
     start_sweep,
     wait_for_jobs,
     wait_for_running_trial,
+    wait_for_sweep_jobs,
     worker_pid,
     write_config,
 )
@@ -51,25 +52,8 @@ def finalize_logs(folder: Path) -> str:
     return "\n".join(log.read_text() for log in logs)
 
 
-def all_jobs(folder: Path) -> list[str]:
-    entries = sweep_state(folder).get("submissions", [])
-    return [job for entry in entries for job in (entry["workers"], entry["finalize"]) if job]
-
-
 def wait_for_sweep(folder: Path, timeout_s: float = 400) -> None:
-    """Wait until every job the sweep recorded, including resubmitted ones, has ended."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        jobs = all_jobs(folder)
-        states = scheduler.query_jobs(jobs)
-        # sacct may list a job only a moment after its submission: wait until all are known.
-        known = {state.job_id for state in states}
-        if set(jobs) <= known and not [state for state in states if state.active]:
-            time.sleep(1)
-            if all_jobs(folder) == jobs:
-                return
-        time.sleep(2)
-    raise AssertionError(f"the sweep's jobs did not end in {timeout_s} s")
+    wait_for_sweep_jobs(folder / "checkpoint", timeout_s)
 
 
 def test_sweep_again_while_running_and_when_finished(tmp_path: Path, database_url: str) -> None:
