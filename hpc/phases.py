@@ -1,9 +1,9 @@
 """Two-phase sweeps: write phase 1's report, plan phase 2, create its study, record it.
 
 The finalize job of phase 1 (on Slurm) or the coordinator (locally) calls `promote` once
-phase 1's budget is spent. Phase 2 is a study of its own, `<sweep>.phase2`, whose first trial
-is enqueued at phase 1's best values of the kept hyperparameters; every phase-2 trial trains
-under the same frozen values of the others.
+phase 1's budget is spent. Phase 2 is a study of its own, `<sweep>.phase2`. Its first trial
+is enqueued at phase 1's best values of the kept hyperparameters, and every phase-2 trial
+trains under the same frozen values of the others.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import optuna
 from hpc.storage import optuna_storage
 from hpc.sweep import Storage, Sweep, SweepRequest, load_sweep
 from hpc.sweep_state import read_sweep_state, study_name, write_json_atomic
+from tuner.best_config import write_text_atomically
+from tuner.errors import HpcTuneError
 from tuner.phases import STOP, PhasePlan, plan_phase_two
-from tuner.report import ReportContext, compute_importances, write_report
+from tuner.report import SUMMARY_NAME, ReportContext, compute_importances, write_report
 from tuner.space import Hyperparameter
 
 logger = logging.getLogger(__name__)
@@ -71,8 +73,14 @@ def promote(sweep: Sweep, storage: Storage, n_trials: int | None) -> tuple[Phase
             importances=importances,
         )
         logger.info("Phase 1 report written to %s", folder)
-    except Exception as error:  # no complete trial: the plan says why phase 2 cannot start
-        logger.error("No phase 1 report: %s", error)
+    except HpcTuneError as error:  # no complete trial: the summary says why
+        logger.error("Phase 1 report incomplete: %s", error)
+    if plan.decision == STOP:
+        summary = report_dir(sweep, 1) / SUMMARY_NAME
+        if summary.is_file():
+            write_text_atomically(
+                summary, f"{summary.read_text()}\nThe sweep stops after phase 1: {plan.reason}.\n"
+            )
 
     state = read_sweep_state(sweep.paths) or {}
     state["phase_plan"] = asdict(plan)

@@ -63,7 +63,7 @@ def phase_budget(
 
 @dataclass(frozen=True)
 class PhasePlan:
-    """What follows phase 1.
+    """The plan that follows phase 1.
 
     Attributes:
         decision: `PHASE_2`, `ALL_IN_PHASE_2` or `STOP`.
@@ -102,7 +102,7 @@ def plan_phase_two(
         states = sorted({t.state.name for t in trials}) or ["none"]
         return PhasePlan(
             STOP,
-            f"phase 1 has no complete trial (trial states: {', '.join(states)}), so phase 2 "
+            f"no trial completed (trial states: {', '.join(states)}), so phase 2 "
             "has no best values to start from",
         )
     best = (max if maximize else min)(complete, key=lambda t: float(t.value))  # type: ignore[arg-type]

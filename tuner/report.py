@@ -179,12 +179,20 @@ def write_report(
     counts = {state: sum(trial.state == state for trial in trials) for state in REPORTED_STATES}
     if counts[TrialState.COMPLETE] == 0:
         state_counts = ", ".join(f"{state.name} {count}" for state, count in counts.items())
-        raise HpcTuneError(
-            f"Cannot write the report of study {study.study_name!r}: no trial is COMPLETE "
-            f"({state_counts}). Read trial.log in the failed trials' folders under the "
+        message = (
+            f"No trial of study {study.study_name!r} is COMPLETE ({state_counts}), so there is "
+            "no best config and no plot. Read trial.log in the failed trials' folders under the "
             "checkpoint directory and fix the cause. Failed trials count towards n_trials: "
             "raise it (--n-trials) to run more trials in this sweep, or start a new sweep."
         )
+        # A summary that says why, rather than an empty folder.
+        _make_private_dir(output_dir)
+        write_text_atomically(
+            output_dir / SUMMARY_NAME,
+            f"Study Summary\n==================\nSweep: {context.sweep_name}\n\n{message}\n",
+        )
+        _link_summary(output_dir)
+        raise HpcTuneError(f"Cannot write the full report: {message}")
     unknown = sorted(set(context.frozen_values) - {hp.name for hp in hyperparameters})
     if unknown:
         raise HpcTuneError(

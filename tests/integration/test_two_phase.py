@@ -42,6 +42,17 @@ CONFIG = {
 }
 
 
+def run_sweep(folder: Path, url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hpc", "sweep", "--config", "config.yml", "--storage", url],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
 def studies(url: str) -> dict[str, optuna.Study]:
     storage = optuna_storage(url, user_schema(), create_tables=False)
     return {
@@ -59,14 +70,7 @@ def summary_section(text: str, title: str) -> list[str]:
 
 def test_phase_two_tunes_the_two_parameters_that_matter(tmp_path: Path, database_url: str) -> None:
     (tmp_path / "config.yml").write_text(json.dumps(CONFIG, indent=2))
-    result = subprocess.run(
-        [sys.executable, "-m", "hpc", "sweep", "--config", "config.yml", "--storage", database_url],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=400,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    result = run_sweep(tmp_path, database_url)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Phase 1 is over: phase 2 tunes the 2 most important of 4" in result.stdout
 
@@ -94,3 +98,64 @@ def test_phase_two_tunes_the_two_parameters_that_matter(tmp_path: Path, database
     state = json.loads((tmp_path / "checkpoint" / "sweep.json").read_text())
     assert state["phase"] == 2
     assert state["phase_plan"]["kept"] in (["lr", "depth"], ["depth", "lr"])
+
+
+def edge_config(**changes: object) -> dict:
+    config = json.loads(json.dumps(CONFIG))
+    config["tuning"]["n_trials"] = changes.pop("n_trials", 6)
+    config["hpc"]["synthetic"] = {"duration_s": 0.1, **changes.pop("synthetic", {})}
+    config["hpc"]["max_retries"] = 0
+    if "pruner" in changes:
+        config["tuning"]["pruner"] = changes.pop("pruner")
+    if "extra_hyperparameter" in changes:
+        config["model"]["norm"] = "layer"
+        config["tuning"]["hyperparameters"]["model.norm"] = changes.pop("extra_hyperparameter")
+    assert not changes
+    return config
+
+
+@pytest.mark.parametrize(
+    ("config", "words", "reports"),
+    [
+        (
+            edge_config(synthetic={"fail_trials": [0, 1, 2]}),
+            "no trial completed (trial states: FAIL)",
+            ["phase_1"],
+        ),
+        (
+            edge_config(pruner={"type": "threshold", "lower": 2.0}),
+            "no trial completed (trial states: PRUNED)",
+            ["phase_1"],
+        ),
+        (edge_config(n_trials=2), "only 1 complete trial(s)", ["phase_1", "phase_2"]),
+        (
+            edge_config(synthetic={"weights": {"lr": 0, "depth": 0, "act": 0, "dropout": 0}}),
+            "fANOVA could not rank the parameters",
+            ["phase_1", "phase_2"],
+        ),
+        (
+            edge_config(extra_hyperparameter={"type": "categorical", "choices": ["layer"]}),
+            "phase 2 tunes the 2 most important of 4",
+            ["phase_1", "phase_2"],
+        ),
+    ],
+    ids=["all-failed", "all-pruned", "one-complete", "constant-metric", "single-choice"],
+)
+def test_edge_cases_decide_and_report(
+    tmp_path: Path, database_url: str, config: dict, words: str, reports: list[str]
+) -> None:
+    (tmp_path / "config.yml").write_text(json.dumps(config, indent=2))
+    result = run_sweep(tmp_path, database_url)
+    assert "Traceback" not in result.stderr
+    assert f"Phase 1 is over: {words}" in result.stdout
+    for phase in reports:
+        assert (tmp_path / "results" / phase / "result_summary.txt").is_file()
+    if reports == ["phase_1"]:
+        assert result.returncode == 0, result.stderr[-3000:]
+        summary = (tmp_path / "results" / "phase_1" / "result_summary.txt").read_text()
+        assert "The sweep stops after phase 1" in summary
+        assert not (tmp_path / "results" / "phase_2").exists()
+    state = json.loads((tmp_path / "checkpoint" / "sweep.json").read_text())
+    if "norm" in config["model"]:
+        assert state["phase_plan"]["frozen"]["model.norm"] == "layer"
+        assert "model.norm" not in state["phase_plan"]["kept"]
