@@ -218,7 +218,12 @@ def test_chaos_sweep(tmp_path: Path, own_postgres: str) -> None:
     assert not [t for t in trials if t.state == RUNNING]
     retries = [t for t in trials if "retry_of" in t.user_attrs]
     assert {victim.number, 1} <= {t.user_attrs["retry_of"] for t in retries}
-    assert any("Interrupted" in t.user_attrs.get("error", "") for t in trials)
+    # The preempted job requeued itself; whether its signal came mid-trial or between two
+    # trials depends on timing.
+    states = [
+        json.loads(p.read_text()) for p in (tmp_path / "checkpoint" / "jobs" / "state").iterdir()
+    ]
+    assert any(state["requeues"] >= 1 for state in states)
     for retry in retries:
         assert retry.params == by_number[retry.user_attrs["retry_of"]].params
     assert (tmp_path / "results" / "result_summary.txt").is_file()

@@ -316,9 +316,15 @@ def test_report_without_complete_trial_raises(
         suggest_values(trial, hyperparameters)
         study.tell(trial, state=state)
 
-    with pytest.raises(HpcTuneError, match="no trial is COMPLETE.*PRUNED 1, FAIL 1"):
+    with pytest.raises(HpcTuneError, match="is COMPLETE .*PRUNED 1, FAIL 1"):
         write_report(study, tmp_path / "out", config_path, hyperparameters, CONTEXT)
-    assert not (tmp_path / "out").exists()
+    # Only a summary that says why: no best config, no plot.
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [
+        "result_summary.txt",
+        "results_summary.txt",
+    ]
+    summary = (tmp_path / "out" / "result_summary.txt").read_text()
+    assert "so there is no best config and no plot" in summary
 
 
 def test_unknown_frozen_value_raises(tmp_path: Path, config_path: Path, hyperparameters) -> None:
