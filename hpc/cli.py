@@ -85,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     cancel.add_argument("--storage", help="PostgreSQL URL, if the sweep used one")
     cancel.set_defaults(handler=_cancel)
 
+    logs = commands.add_parser("logs", help="print one trial's log lines and training output")
+    _add_config(logs)
+    logs.add_argument("--trial", required=True, type=int, help="the trial number")
+    logs.set_defaults(handler=_logs)
+
     status = commands.add_parser("status", help="show the trials and the best value of a sweep")
     _add_config(status)
     status.add_argument("--storage", help="PostgreSQL URL, if the sweep used one")
@@ -159,6 +164,12 @@ def _resubmit(args: argparse.Namespace) -> int:
     from hpc.finalize import resubmit
 
     return resubmit(args.config, args.storage)
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from hpc.trial_logs import print_trial_logs
+
+    return print_trial_logs(args.config, args.trial)
 
 
 def _cancel(args: argparse.Namespace) -> int:

@@ -87,6 +87,15 @@ def test_exact_trial_count_with_failures(sweep_dir: Path, database_url: str) -> 
     assert all(t.user_attrs["seed"] == 5 + t.number for t in fresh)
     assert len({trial.user_attrs["worker"] for trial in trials}) == 3
     assert all(Path(trial.user_attrs["trial_dir"]).is_dir() for trial in trials)
+
+    logs = run_hpc("logs", "--config", "config.yml", "--trial", "1", cwd=sweep_dir)
+    assert logs.returncode == 0, logs.stderr[-3000:]
+    assert "Trial 1 started" in logs.stdout
+    assert "Trial 1 failed" in logs.stdout
+    assert "trial.log" in logs.stdout
+    missing = run_hpc("logs", "--config", "config.yml", "--trial", "999", cwd=sweep_dir)
+    assert missing.returncode == 2
+    assert "No log of trial 999" in missing.stderr
     assert "Report:" in result.stdout
 
 
