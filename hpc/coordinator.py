@@ -185,7 +185,7 @@ def _stop_reason(engine: sqlalchemy.Engine, sweep: Sweep, budget: Budget) -> str
 def write_final_report(sweep: Sweep, storage: Storage) -> Path:
     """Write the report of the sweep's current phase into `tuning.output_dir`.
 
-    In phase 2, when phase 1's best value stays better, the report says so and its
+    In phase 2, when phase 1's best value stays better, the report states it and its
     `config.yml` holds phase 1's best values.
     """
     from hpc.phases import phase_one_stays_best, report_context, report_dir

@@ -2,7 +2,7 @@
 
 A worker's connections are opened per operation (NullPool), so after a server restart or a
 `pg_terminate_backend` the next attempt simply connects again. A trial that finished while
-the database was away records its value once the database responds; an outage longer than
+the database was away records its value once the database responds. An outage longer than
 `hpc.db_retry_s` ends the worker with an error that names the server and what to check.
 """
 

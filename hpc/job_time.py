@@ -20,7 +20,7 @@ class JobClock:
 
     `SLURM_JOB_END_TIME` (Slurm 23.02 and later) is used when set; Slurm 22.05 does not set
     it, so `squeue -o %e` is asked (an administrator may also change a running job's limit).
-    Outside Slurm, or when neither answers, there is no limit.
+    Outside Slurm, or when neither source gives an end time, there is no limit.
     """
 
     def __init__(

@@ -9,10 +9,8 @@ trains under the same frozen values of the others.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import optuna
 
@@ -23,7 +21,7 @@ from tuner.best_config import write_text_atomically
 from tuner.errors import HpcTuneError
 from tuner.phases import STOP, PhasePlan, plan_phase_two
 from tuner.report import SUMMARY_NAME, ReportContext, compute_importances, write_report
-from tuner.space import Hyperparameter
+from tuner.space import optuna_params
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +71,7 @@ def promote(sweep: Sweep, storage: Storage, n_trials: int | None) -> tuple[Phase
             importances=importances,
         )
         logger.info("Phase 1 report written to %s", folder)
-    except HpcTuneError as error:  # no complete trial: the summary says why
+    except HpcTuneError as error:  # no complete trial: the summary explains why
         logger.error("Phase 1 report incomplete: %s", error)
     if plan.decision == STOP:
         summary = report_dir(sweep, 1) / SUMMARY_NAME
@@ -102,17 +100,6 @@ def promote(sweep: Sweep, storage: Storage, n_trials: int | None) -> tuple[Phase
     write_json_atomic(sweep.paths.sweep_file, state)
     again = load_sweep(SweepRequest(config_path=sweep.loaded.path), use_recorded_overrides=True)
     return plan, again
-
-
-def optuna_params(
-    values: Mapping[str, Any], hyperparameters: Sequence[Hyperparameter]
-) -> dict[str, Any]:
-    """Convert user values to what Optuna stores (ordered categoricals as choice indices)."""
-    params = dict(values)
-    for hp in hyperparameters:
-        if hp.type == "ordered_categorical" and hp.name in params:
-            params[hp.name] = list(hp.choices or ()).index(params[hp.name])
-    return params
 
 
 def phase_one_stays_best(sweep: Sweep, storage: Storage) -> str | None:

@@ -123,7 +123,7 @@ def requeue_job(jobs_dir: Path, job_id: str | None, max_requeues: int, why: str)
         # Preemption with PreemptMode=REQUEUE requeues the job by itself, and scontrol then
         # refuses; the job runs again either way.
         logger.warning(
-            "scontrol requeue %s answered: %s", own_job, (result.stderr or result.stdout).strip()
+            "scontrol requeue %s failed: %s", own_job, (result.stderr or result.stdout).strip()
         )
     logger.warning(
         "Job %s requeued %s (requeue %d of at most %d).", job_id, why, requeues, max_requeues

@@ -330,9 +330,9 @@ START_UP_MIN = 10
 def derived_time_min(gpu_hours: float, workers: int, gpus_per_task: int, signal_lead_s: int) -> int:
     """Return a worker's time limit in minutes for a sweep that spends `gpu_hours`.
 
-    A worker's share of the budget is `gpu_hours / (workers * GPUs per worker)`; the limit
-    adds half of it again, the start-up and the pre-timeout signal's lead, rounded up to 5
-    minutes.
+    A worker's share of the budget is `gpu_hours / (workers * GPUs per worker)`. The limit
+    adds half of the share again, the start-up and the pre-timeout signal's lead, rounded up
+    to 5 minutes.
     """
     share_min = gpu_hours * 60 / (workers * max(1, gpus_per_task))
     total = share_min * SHARE_MARGIN + START_UP_MIN + signal_lead_s / 60

@@ -5,7 +5,7 @@ tuned again, and the others keep phase 1's best values. Each edge case gets a de
 reason for the log, never an exception:
 
 - no complete trial in phase 1: phase 2 has no best value to start from, so the sweep stops
-  after phase 1 with a report that says why;
+  after phase 1 with a report that explains why;
 - one or two complete trials, or a metric equal on every complete trial: fANOVA cannot rank
   the parameters, so phase 2 tunes all of them;
 - a categorical hyperparameter with one choice: nothing to tune, so it is frozen at that

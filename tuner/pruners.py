@@ -2,7 +2,7 @@
 
 Without a `pruner` key, trials are pruned by the median rule only after 5 complete trials and
 5 validations of their own: EDS-NLP users found that Optuna's `MedianPruner()` defaults stop
-almost every trial at its first validation, when scores of a fresh model say little. Any
+almost every trial at its first validation, when a fresh model's scores predict little. Any
 pruner also accepts `min_validations`, the number of validations a trial always gets.
 """
 
@@ -48,13 +48,13 @@ def build_pruner(value: Any) -> optuna.pruners.BasePruner:
     """Build a pruner from a name, a mapping `{type: name, **options}`, or None (no pruning)."""
     if value is None:
         return optuna.pruners.NopPruner()
-    given = value
+    original = value
     if isinstance(value, str):
         value = {"type": value}
     if not isinstance(value, Mapping) or value.get("type") not in PRUNERS:
         raise ConfigError(
-            f"tuning.pruner: invalid value {given!r}. Use one of {', '.join(PRUNERS)}, null, or a "
-            "mapping such as {type: percentile, percentile: 25.0}."
+            f"tuning.pruner: invalid value {original!r}. Use one of {', '.join(PRUNERS)}, null, "
+            "or a mapping such as {type: percentile, percentile: 25.0}."
         )
     options = {
         key: option for key, option in value.items() if key not in ("type", "min_validations")

@@ -185,7 +185,7 @@ def write_report(
             "checkpoint directory and fix the cause. Failed trials count towards n_trials: "
             "raise it (--n-trials) to run more trials in this sweep, or start a new sweep."
         )
-        # A summary that says why, rather than an empty folder.
+        # A summary that explains why, rather than an empty folder.
         _make_private_dir(output_dir)
         write_text_atomically(
             output_dir / SUMMARY_NAME,

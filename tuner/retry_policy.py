@@ -1,8 +1,8 @@
 """Which failed trials run again: an error that would fail the same way again is not retried.
 
 A trial's error arrives as `ErrorType: message`. Retrying repeats the same parameters and the
-same training seed, so an error caused by those (an invalid value, CUDA out of memory at that
-batch size, a metric that is not a number) comes back on every attempt: retrying it only
+same training seed. An error caused by those (an invalid value, CUDA out of memory at that
+batch size, a metric that is not a number) comes back on every attempt, so retrying it only
 spends budget. Errors of the process or the machine (a killed process, a lost worker, an I/O
 error) may pass, so they run again, up to `hpc.max_retries` times.
 """

@@ -217,6 +217,20 @@ def user_values(
     return values
 
 
+def optuna_params(
+    values: Mapping[str, Any], hyperparameters: Sequence[Hyperparameter]
+) -> dict[str, Any]:
+    """Map user-facing values to what Optuna stores (ordered categoricals as choice indices).
+
+    The inverse of `user_values`.
+    """
+    params = dict(values)
+    for hp in hyperparameters:
+        if hp.type == "ordered_categorical" and hp.name in params:
+            params[hp.name] = list(hp.choices or ()).index(params[hp.name])
+    return params
+
+
 def preflight_assignments(hyperparameters: Sequence[Hyperparameter]) -> list[dict[str, Any]]:
     """Return the value sets that preflight builds: all lows, all highs, each choice.
 

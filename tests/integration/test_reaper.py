@@ -55,7 +55,7 @@ def set_worker(engine: sqlalchemy.Engine, worker: int, pid: int, hostname: str) 
         )
 
 
-def test_stale_trials_reaped_only_when_their_process_is_gone(
+def test_stale_trial_reaped_when_process_gone(
     study_and_engine: tuple[optuna.Study, sqlalchemy.Engine],
 ) -> None:
     study, engine = study_and_engine

@@ -318,7 +318,7 @@ def test_report_without_complete_trial_raises(
 
     with pytest.raises(HpcTuneError, match="is COMPLETE .*PRUNED 1, FAIL 1"):
         write_report(study, tmp_path / "out", config_path, hyperparameters, CONTEXT)
-    # Only a summary that says why: no best config, no plot.
+    # Only a summary that explains why: no best config, no plot.
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [
         "result_summary.txt",
         "results_summary.txt",
