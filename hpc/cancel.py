@@ -15,9 +15,16 @@ from hpc import scheduler, tables
 from hpc.coordinator import LOCK_FILE
 from hpc.finalize import live_jobs, reap_ended_jobs
 from hpc.storage import create_engine
-from hpc.sweep import Storage, Sweep, SweepRequest, close_storage, load_sweep, open_storage
+from hpc.sweep import (
+    Storage,
+    Sweep,
+    SweepRequest,
+    close_storage,
+    load_started_sweep,
+    load_sweep,
+    open_storage,
+)
 from hpc.sweep_state import read_sweep_state, write_json_atomic
-from tuner.errors import HpcTuneError
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +38,7 @@ def cancel(config_path: Path, storage_url: str | None) -> int:
     takes the cancelled workers for dead ones and resubmits them.
     """
     request = SweepRequest(config_path=config_path, storage=storage_url)
-    sweep = load_sweep(request, use_recorded_overrides=True)
-    if sweep.state is None:
-        raise HpcTuneError(f"No sweep found in {sweep.paths.root}: nothing to cancel.")
+    sweep = load_started_sweep(request)
     state = read_sweep_state(sweep.paths) or {}
     state["cancel"] = {
         "requested_at": datetime.now().astimezone().isoformat(timespec="seconds"),

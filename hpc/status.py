@@ -14,22 +14,16 @@ from hpc.sweep import (
     SweepRequest,
     close_storage,
     count_sweep_trials,
-    load_sweep,
+    load_started_sweep,
     open_storage,
 )
-from tuner.errors import HpcTuneError
 from tuner.space import user_values
 
 
 def print_status(config_path: Path, storage_url: str | None) -> int:
     """Print one screen about the sweep of `config_path`; return the exit code."""
     request = SweepRequest(config_path=config_path, storage=storage_url)
-    sweep = load_sweep(request, use_recorded_overrides=True)
-    if sweep.state is None:
-        raise HpcTuneError(
-            f"No sweep found in {sweep.paths.root}: check tuning.checkpoint_dir and the folder "
-            "you run from, or start the sweep with 'python -m hpc sweep'."
-        )
+    sweep = load_started_sweep(request)
     storage = open_storage(sweep, request, create=False)
     try:
         return _print_sweep(sweep, storage)

@@ -234,6 +234,21 @@ def describe_space(loaded: LoadedConfig) -> dict[str, Any]:
     return json.loads(json.dumps({"hyperparameters": space, "metric": list(loaded.tuning.metric)}))
 
 
+def load_started_sweep(request: SweepRequest) -> Sweep:
+    """Load a sweep that `sweep` has started, with its recorded overrides.
+
+    Raises:
+        HpcTuneError: No `sweep.json` exists for this config.
+    """
+    sweep = load_sweep(request, use_recorded_overrides=True)
+    if sweep.state is None:
+        raise HpcTuneError(
+            f"No sweep found in {sweep.paths.root}: check tuning.checkpoint_dir and the folder "
+            "you run from, or start the sweep with 'python -m hpc sweep'."
+        )
+    return sweep
+
+
 def write_state(sweep: Sweep, storage: Storage, executor: str = "local") -> None:
     """Record the sweep in `sweep.json`, keeping what earlier runs recorded."""
     state = dict(sweep.state or {})

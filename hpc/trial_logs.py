@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from hpc.sweep import SweepRequest, load_sweep
+from hpc.sweep import SweepRequest, load_started_sweep
 from hpc.trial_host import TRIAL_LOG
 from tuner.errors import HpcTuneError
 
@@ -19,12 +19,7 @@ LOG_SUFFIXES = (".err", ".out", ".log")
 
 def print_trial_logs(config_path: Path, number: int) -> int:
     """Print the worker log lines about trial `number`, then the trial's own log."""
-    sweep = load_sweep(SweepRequest(config_path=config_path), use_recorded_overrides=True)
-    if sweep.state is None:
-        raise HpcTuneError(
-            f"No sweep found in {sweep.paths.root}: check tuning.checkpoint_dir and the folder "
-            "you run from."
-        )
+    sweep = load_started_sweep(SweepRequest(config_path=config_path))
     lines = worker_lines(sweep.paths.jobs_dir, number)
     trial_log = sweep.paths.trial_dir(number) / TRIAL_LOG
     if not lines and not trial_log.is_file():
