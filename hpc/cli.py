@@ -10,12 +10,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hpc.log_context import LOG_CONTEXT, ContextFilter
+from hpc.log_context import LOG_CONTEXT, LogLineFormatter
 from tuner.errors import HpcTuneError
 
 logger = logging.getLogger("hpc")
 
-LOG_FORMAT = "%(asctime)s %(levelname)s [%(context)s] %(name)s: %(message)s"
 QUIET_LOGGERS = ("optuna", "submitit", "httpx", "urllib3")
 
 
@@ -147,7 +146,7 @@ def worker_entry(sweep_dir: str) -> str:
         raise HpcTuneError(f"No sweep.json in {paths.root}: start the sweep with 'make sweep'.")
     os.chdir(state["working_dir"])
     job_id = slurm_job_id()
-    LOG_CONTEXT["job"] = job_id or f"local pid {os.getpid()}"
+    LOG_CONTEXT["job"] = job_id or f"local-{os.getpid()}"
     spec = spec_from_state(state, paths, job_id)
     _fail_at_start_if_requested(spec)
     summary = run_worker(spec)
@@ -224,9 +223,15 @@ def _configure_logging(verbose: bool) -> None:
     root = logging.getLogger()
     if root.handlers:
         return
+    # Every line of a process in a Slurm job (a worker, the finalize job) names the job.
+    job_id = slurm_job_id()
+    if job_id:
+        LOG_CONTEXT.setdefault("job", job_id)
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    if task:
+        LOG_CONTEXT.setdefault("task", task)
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(ContextFilter())
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(LogLineFormatter())
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in QUIET_LOGGERS:

@@ -27,6 +27,7 @@ import sqlalchemy
 from sqlalchemy import text
 
 from hpc import tables
+from hpc.log_context import error_line
 from tuner import retry_policy
 from tuner.retry_policy import RETRIED_ATTR
 
@@ -192,6 +193,7 @@ def _why_lost(
                 trial.number,
                 trial.silent_s,
                 trial.job_id,
+                extra={"trial": trial.number},
             )
             return None
         return f"its job run {trial.job_id} no longer runs"
@@ -258,7 +260,8 @@ def fail_and_retry(
     count_attempt: bool = True,
 ) -> bool:
     """Fail a RUNNING trial and, if the retry policy allows, queue a copy with the same
-    parameters and seed. The decision and its reason are logged (see `tuner.retry_policy`).
+    parameters and seed. One line logs the decision, its reason and the error's first line
+    (see `tuner.retry_policy`).
 
     Args:
         count_attempt: False for a trial stopped by preemption or a time limit, which is
@@ -277,23 +280,32 @@ def fail_and_retry(
     live.set_user_attr("error", error[:MAX_ERROR_CHARS])
     live.set_user_attr("retry_decision", decision.reason)
     if decision.retry:
+        next_attempt = attempt + 1 if count_attempt else attempt
         study.enqueue_trial(
             trial.params,
             user_attrs={
                 "seed": user_attrs.get("seed"),
                 "retry_of": trial.number,
-                "attempt": attempt + 1 if count_attempt else attempt,
+                "attempt": next_attempt,
             },
         )
         live.set_user_attr(RETRIED_ATTR, "queued")
         logger.warning(
-            "Trial %d failed: %s. It runs again with the same parameters and seed (%s).",
+            "Trial %d queued again as attempt %d with the same parameters and seed (%s). Error: %s",
             trial.number,
-            error,
+            next_attempt,
             decision.reason,
+            error_line(error),
+            extra={"trial": trial.number},
         )
     else:
-        logger.error("Trial %d failed: %s. Not retried: %s.", trial.number, error, decision.reason)
+        logger.error(
+            "Trial %d not retried: %s. Error: %s",
+            trial.number,
+            decision.reason,
+            error_line(error),
+            extra={"trial": trial.number},
+        )
     study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     return decision.retry
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpc import scheduler, templates
+from hpc.log_context import WORKER_LOG_DIR
 from hpc.slurm_settings import SlurmSettings, derived_time_min
 from hpc.sweep import Sweep
 from hpc.sweep_state import read_sweep_state, write_json_atomic
@@ -157,7 +158,7 @@ def print_submission(sweep: Sweep, submission: Submission) -> None:
     tasks = "1 task" if sweep.settings.workers == 1 else f"{sweep.settings.workers} tasks"
     print(f"  workers:  array job {submission.array_job_id} ({tasks})")
     print(f"  finalize: job {submission.finalize_job_id} (after the workers, writes the report)")
-    print(f"  logs:     {submission.log_dir}")
+    print(f"  logs:     {sweep.paths.jobs_dir / WORKER_LOG_DIR} (Slurm's: {submission.log_dir})")
     print(
         f"  scripts:  {sbatch_dir(sweep)} (sbatch worker.sbatch adds {sweep.settings.workers} "
         "more workers)"

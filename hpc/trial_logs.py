@@ -1,13 +1,16 @@
 """`python -m hpc logs --trial N`: one trial's story, wherever its worker ran.
 
-Workers log to files under `checkpoint_dir/jobs/` (Slurm and local alike) and each trial's
-training output goes to `checkpoint_dir/trials/<number>/trial.log`, so reading the checkpoint
-directory finds a trial's lines whichever node ran it.
+Workers log to files under `checkpoint_dir/jobs/` (Slurm and local alike): each worker's own
+`jobs/workers/worker-<NNNN>.log`, and the standard error that Slurm or submitit keeps, which
+contains the same lines. Each trial's training output goes to
+`checkpoint_dir/trials/<number>/trial.log`, so reading the checkpoint directory finds a
+trial's lines whichever node ran it.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 from hpc.sweep import SweepRequest, load_started_sweep
@@ -15,6 +18,8 @@ from hpc.trial_host import TRIAL_LOG
 from tuner.errors import HpcTuneError
 
 LOG_SUFFIXES = (".err", ".out", ".log")
+# The timestamp that starts each log line, `2026-12-05 03:40:01,123`.
+TIMESTAMP_CHARS = 23
 
 
 def print_trial_logs(config_path: Path, number: int) -> int:
@@ -39,15 +44,22 @@ def print_trial_logs(config_path: Path, number: int) -> int:
 
 
 def worker_lines(jobs_dir: Path, number: int) -> list[str]:
-    """Return the log lines of every worker log under `jobs_dir` that name trial `number`,
-    in time order (lines start with their timestamp)."""
-    pattern = re.compile(rf"\bTrial {number}\b")
-    found: list[str] = []
+    """Return the log lines under `jobs_dir` that name trial `number`, in time order.
+
+    A line names the trial by its `trial=N` field or by the words `Trial N`; the start line
+    of a retry of the trial (`retry of trial N`) is included too. A line found in
+    several files (a worker's own log and its standard error) is returned once, but a line
+    that one file repeats is kept as often as that file has it.
+    """
+    pattern = re.compile(rf"\btrial={number}\b|\b[Tt]rial {number}\b")
+    found: Counter[str] = Counter()
     if not jobs_dir.is_dir():
-        return found
+        return []
     for path in sorted(jobs_dir.rglob("*")):
         if not path.is_file() or path.suffix not in LOG_SUFFIXES:
             continue
         with open(path, errors="replace") as file:
-            found.extend(line.rstrip("\n") for line in file if pattern.search(line))
-    return sorted(found)
+            found |= Counter(line.rstrip("\n") for line in file if pattern.search(line))
+    # Lines start with their timestamp. The sort is stable, so lines of the same millisecond
+    # keep the order of their file.
+    return sorted(found.elements(), key=lambda line: line[:TIMESTAMP_CHARS])

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from hpc.claims import Budget, Claim, StudyCounts, claim
 from hpc.db_retry import DatabaseUnavailable, describe, is_connection_error, with_retries
 from hpc.heartbeat import Heartbeat
 from hpc.job_time import JobClock
-from hpc.log_context import LOG_CONTEXT
+from hpc.log_context import LOG_CONTEXT, error_line, trial_context, worker_log_file
 from hpc.reaper import fail_and_retry, reap_earlier_runs, reap_stale_trials, silent_trials
 from hpc.storage import create_engine, hide_password, optuna_storage
 from hpc.sweep_state import SweepPaths
@@ -121,8 +122,23 @@ def run_worker(spec: WorkerSpec) -> WorkerSummary:
         "register the worker",
     )
     LOG_CONTEXT["worker"] = str(worker_id)
-    logger.info("Worker %d started on study %s (pid %d).", worker_id, spec.study_name, os.getpid())
+    with worker_log_file(spec.paths.jobs_dir, worker_id) as log_path:
+        # The first line of the worker's log file: its header names the job and array task.
+        logger.info(
+            "Worker %d started on host %s (pid %d) for study %s. Log file: %s",
+            worker_id,
+            socket.gethostname(),
+            os.getpid(),
+            spec.study_name,
+            log_path,
+        )
+        return _serve(spec, engine, db, worker_id)
 
+
+def _serve(
+    spec: WorkerSpec, engine: sqlalchemy.Engine, db: _Database, worker_id: int
+) -> WorkerSummary:
+    """Run trials as worker `worker_id` until the budget is spent, the job ends or a stop signal."""
     rdb = db.call(
         lambda: optuna_storage(spec.storage_url, spec.schema, create_tables=False),
         "open the study storage",
@@ -169,7 +185,8 @@ def run_worker(spec: WorkerSpec) -> WorkerSummary:
                     continue
                 break
             loop.waited_s = 0.0
-            _run_one(study, result.started, host, spec, worker_id, stop, db, rdb)
+            with trial_context(result.started[0].number):
+                _run_one(study, result.started, host, spec, worker_id, stop, db, rdb)
             trials += 1
         if stop.requested:
             logger.warning("Worker %d received %s.", worker_id, " then ".join(stop.names))
@@ -418,7 +435,19 @@ def _run_one(
         seed = trial_seed(spec.seed, trial.number)
     db.call(lambda: trial.set_user_attr("seed", seed), "record the trial's seed")
     db.call(lambda: trial.set_user_attr("trial_dir", str(trial_dir)), "record the trial folder")
-    logger.info("Trial %d started: %s", trial.number, _format_values(values))
+    retry = ""
+    if "retry_of" in trial.user_attrs:
+        retry = (
+            f" (attempt {trial.user_attrs.get('attempt', 2)}, "
+            f"retry of trial {trial.user_attrs['retry_of']})"
+        )
+    logger.info(
+        "Trial %d started%s: %s",
+        trial.number,
+        retry,
+        _format_values(values),
+        extra={"trial": trial.number},
+    )
 
     # Phase 2 trains every trial under the same frozen values of the other hyperparameters.
     request = TrialRequest(
@@ -494,18 +523,32 @@ def _record(
     if outcome.state == "complete":
         study.tell(trial, outcome.value)
         logger.info(
-            "Trial %d finished with value %s in %.1f s.", trial.number, outcome.value, duration_s
+            "Trial %d finished with value %s in %.1f s.",
+            trial.number,
+            outcome.value,
+            duration_s,
+            extra={"trial": trial.number},
         )
     elif outcome.state == "pruned":
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         logger.info(
-            "Trial %d pruned after %.1f s (last score %s).", trial.number, duration_s, outcome.value
+            "Trial %d pruned after %.1f s (last score %s).",
+            trial.number,
+            duration_s,
+            outcome.value,
+            extra={"trial": trial.number},
         )
     else:
         log_path = Path(trial.user_attrs["trial_dir"]) / TRIAL_LOG
         error = outcome.error or "UnknownError: the trial failed"
+        # Only the first line: the trial's `error` attribute and trial.log keep the rest.
         logger.error(
-            "Trial %d failed after %.1f s: %s (log: %s)", trial.number, duration_s, error, log_path
+            "Trial %d failed after %.1f s: %s (log: %s)",
+            trial.number,
+            duration_s,
+            error_line(error),
+            log_path,
+            extra={"trial": trial.number},
         )
         fail_and_retry(study, trial, error, max_retries=max_retries)
 

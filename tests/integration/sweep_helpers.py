@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import select
 import socket
 import subprocess
@@ -21,6 +22,12 @@ from hpc import scheduler
 
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"}
+
+# The fixed shape of every hpc-tune log line (docs/checkpoint-dir.md).
+LOG_LINE = re.compile(
+    r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3} [A-Z]+ job=(?P<job>\S+) task=(?P<task>\S+) "
+    r"worker=(?P<worker>\S+) trial=(?P<trial>\S+) (?P<name>[\w.]+): (?P<message>.*)$"
+)
 
 BASE_CONFIG: dict[str, Any] = {
     "model": {"lr": 0.1, "depth": 3},
@@ -265,3 +272,51 @@ def wait_for_sweep_jobs(checkpoint: Path, timeout_s: float = 400) -> None:
                 return
         time.sleep(2)
     raise AssertionError(f"the sweep's jobs did not end in {timeout_s} s")
+
+
+def worker_log_lines(checkpoint: Path) -> dict[str, list[re.Match[str]]]:
+    """Parse each worker's own log file, asserting that every line has the fixed shape."""
+    parsed = {}
+    for path in sorted((checkpoint / "jobs" / "workers").glob("worker-*.log")):
+        lines = path.read_text().splitlines()
+        bad = [line for line in lines if not LOG_LINE.match(line)]
+        assert not bad, f"{path}: lines not in the fixed shape: {bad[:3]}"
+        parsed[path.name] = [match for line in lines if (match := LOG_LINE.match(line))]
+    return parsed
+
+
+def assert_trial_events(lines: list[re.Match[str]], retry_of_1: int) -> None:
+    """Check the one line of each event of the synthetic failing trials 0, 1 and 2."""
+    events = [
+        (0, "Trial 0 failed after "),
+        (0, "Trial 0 not retried: NonFiniteMetric"),
+        (1, "Trial 1 started: "),
+        (1, "Trial 1 failed after "),
+        (1, "Trial 1 queued again as attempt 2 "),
+        (retry_of_1, f"Trial {retry_of_1} started (attempt 2, retry of trial 1): "),
+        (retry_of_1, f"Trial {retry_of_1} finished with value "),
+        (2, "Trial 2 failed after "),
+        (2, "Trial 2 queued again as attempt 2 "),
+    ]
+    for number, start in events:
+        found = [m for m in lines if m["trial"] == str(number) and m["message"].startswith(start)]
+        assert len(found) == 1, f"expected one line of trial {number} starting {start!r}"
+
+
+def sbatch_all_cpus(partition: str, output: Path, seconds: int) -> str:
+    """Submit a job that needs every CPU of the node (to preempt or hold off other jobs)."""
+    cpus = subprocess.run(
+        ["sinfo", "--noheader", "--format=%c"], capture_output=True, text=True, check=True
+    ).stdout.split()[0]
+    return scheduler.run_scheduler(
+        [
+            "sbatch",
+            "--parsable",
+            f"--partition={partition}",
+            f"--cpus-per-task={cpus}",
+            "--mem=100M",
+            f"--time={max(1, -(-seconds // 60))}",
+            f"--output={output}",
+            f"--wrap=sleep {seconds}",
+        ]
+    ).stdout.strip()

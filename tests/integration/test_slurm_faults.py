@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
@@ -20,12 +19,15 @@ import pytest
 from sqlalchemy.engine import make_url
 from sweep_helpers import (
     TcpProxy,
+    assert_trial_events,
     finished,
     load_trials,
+    sbatch_all_cpus,
     skip_without_slurm,
     start_sweep,
     wait_for_jobs,
     wait_for_running_trial,
+    worker_log_lines,
     worker_pid,
     write_config,
 )
@@ -87,22 +89,8 @@ def test_preempted_job_requeued_and_retried_first(tmp_path: Path, database_url: 
     array, finalize = start_sweep(tmp_path, database_url)
     wait_for_running_trial(database_url, tmp_path, number=0)
     time.sleep(2)
-    cpus = subprocess.run(
-        ["sinfo", "--noheader", "--format=%c"], capture_output=True, text=True, check=True
-    ).stdout.split()[0]
     # A job in the high partition that needs every CPU of the node preempts the worker.
-    high = scheduler.run_scheduler(
-        [
-            "sbatch",
-            "--parsable",
-            "--partition=high",
-            f"--cpus-per-task={cpus}",
-            "--mem=100M",
-            "--time=1",
-            f"--output={tmp_path}/high.out",
-            "--wrap=sleep 5",
-        ]
-    ).stdout.strip()
+    high = sbatch_all_cpus("high", tmp_path / "high.out", 5)
     wait_for_jobs([array, finalize, high], timeout_s=400)
 
     trials = load_trials(database_url)
@@ -198,6 +186,16 @@ def test_failing_trials_fail_alone(tmp_path: Path, database_url: str) -> None:
         assert retry.params == by_number[number].params
         assert retry.user_attrs["attempt"] == 2
     assert_sweep_sound(trials, 6)
+
+    # Each array task's worker writes its own log file, every line in the fixed shape.
+    worker_logs = worker_log_lines(tmp_path / "checkpoint")
+    assert len(worker_logs) == 2
+    for lines in worker_logs.values():
+        first = lines[0]
+        assert first["job"] == f"{array}_{first['task']}"
+        assert first["message"].startswith(f"Worker {first['worker']} started on host ")
+    every_line = [line for lines in worker_logs.values() for line in lines]
+    assert_trial_events(every_line, retry_of(trials, 1).number)
 
 
 def test_database_outage_longer_than_grace(tmp_path: Path, database_url: str) -> None:
