@@ -36,6 +36,19 @@ _COUNTS_SQL = text(
 )
 
 
+_BEST_SQL = text(
+    """
+    SELECT t.number AS number, v.value AS value
+    FROM trials t
+    JOIN studies s ON s.study_id = t.study_id
+    JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0
+    WHERE s.study_name = :study_name AND t.state = 'COMPLETE'
+    ORDER BY v.value DESC, t.number
+    LIMIT 1
+    """
+)
+
+
 STATE_FIELDS = {
     "COMPLETE": "complete",
     "PRUNED": "pruned",
@@ -107,6 +120,12 @@ def count_trials(connection: sqlalchemy.Connection, study_name: str) -> StudyCou
     # Optuna stores naive local datetimes written by the workers' clocks.
     elapsed = (datetime.now() - first_start).total_seconds() if first_start is not None else 0.0
     return StudyCounts(**fields, finished_seconds=finished_seconds, elapsed_s=elapsed)
+
+
+def best_value(connection: sqlalchemy.Connection, study_name: str) -> tuple[int, float] | None:
+    """Return the number and value of a study's best complete trial (studies maximize)."""
+    row = connection.execute(_BEST_SQL, {"study_name": study_name}).first()
+    return None if row is None else (int(row.number), float(row.value))
 
 
 def budget_left(counts: StudyCounts, budget: Budget) -> str | None:

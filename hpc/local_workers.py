@@ -6,12 +6,14 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import time
 from typing import Any
 
 import submitit
 
-from hpc.claims import StudyCounts, count_trials
+from hpc.claims import Budget, StudyCounts, best_value, count_trials
+from hpc.log_context import WORKER_LOG_DIR
 from hpc.storage import create_engine
 from hpc.sweep import Storage, Sweep
 
@@ -38,7 +40,10 @@ def launch(sweep: Sweep) -> list[submitit.Job]:
             parameters.update(gpus_per_node=1, visible_gpus=[index % gpus])
         executor.update_parameters(**parameters)
         jobs.append(executor.submit(worker_entry, str(sweep.paths.root)))
-    print(f"Started {len(jobs)} local workers; their logs are in {folder}")
+    print(
+        f"Started {len(jobs)} local workers; their logs are in "
+        f"{sweep.paths.jobs_dir / WORKER_LOG_DIR}"
+    )
     return jobs
 
 
@@ -69,22 +74,31 @@ def local_gpu_count() -> int:
 def follow(
     sweep: Sweep, storage: Storage, jobs: list[submitit.Job], interval_s: float = 2.0
 ) -> None:
-    """Print progress until every local worker has ended.
+    """Show a progress bar of finished trials over the budget until every worker has ended.
+
+    On a terminal the bar is redrawn in place; otherwise a line is printed when it changes.
 
     Raises:
         KeyboardInterrupt: After stopping the workers, when the user pressed Ctrl-C.
     """
+    from hpc.coordinator import budget_of
+
     engine = create_engine(storage.url, storage.schema)
-    target = sweep.loaded.tuning.n_trials
+    budget = budget_of(sweep)
+    redraw = sys.stdout.isatty()
     last_line = ""
     try:
         while True:
             done = all(job.done() for job in jobs)
             with engine.connect() as connection:
                 counts = count_trials(connection, sweep.study_name)
-            line = progress_line(counts, target)
+                best = best_value(connection, sweep.study_name)
+            line = progress_line(counts, budget, best)
             if line != last_line:
-                print(line, flush=True)
+                if redraw:
+                    print(f"\r\033[K{line}", end="", flush=True)
+                else:
+                    print(line, flush=True)
                 last_line = line
             if done:
                 break
@@ -93,6 +107,8 @@ def follow(
         stop(jobs)
         raise
     finally:
+        if redraw and last_line:
+            print(flush=True)
         engine.dispose()
     for job in jobs:
         _check_job(job)
@@ -107,11 +123,32 @@ def stop(jobs: list[submitit.Job]) -> None:
         time.sleep(0.5)
 
 
-def progress_line(counts: StudyCounts, target: int | None) -> str:
-    total = f"/{target}" if target else ""
+def progress_line(
+    counts: StudyCounts, budget: Budget, best: tuple[int, float] | None, width: int = 24
+) -> str:
+    """Return one line: a bar of the budget used, finished trials, the best value and running trials.
+
+    With `n_trials` the bar counts finished trials; with `gpu_hours` the GPU-hours of
+    finished trials; with neither, there is no bar.
+    """
+    if budget.n_trials is not None:
+        fraction = counts.finished / budget.n_trials if budget.n_trials else 1.0
+        done = f"{counts.finished}/{budget.n_trials} trials"
+    elif budget.gpu_seconds is not None:
+        used = counts.finished_seconds * budget.gpus_per_trial
+        fraction = used / budget.gpu_seconds if budget.gpu_seconds else 1.0
+        done = (
+            f"{used / 3600:.2f}/{budget.gpu_seconds / 3600:g} GPU-hours, {counts.finished} trials"
+        )
+    else:
+        fraction = None
+        done = f"{counts.finished} trials"
+    filled = round(width * min(max(fraction or 0.0, 0.0), 1.0))
+    bar = "" if fraction is None else f"[{'#' * filled}{'.' * (width - filled)}] "
+    best_text = "best -" if best is None else f"best {best[1]:.4g} (trial {best[0]})"
     line = (
-        f"Trials finished: {counts.finished}{total} (complete {counts.complete}, pruned "
-        f"{counts.pruned}, failed {counts.failed}), running {counts.running}"
+        f"{bar}{done} (complete {counts.complete}, pruned {counts.pruned}, failed "
+        f"{counts.failed}), {best_text}, running {counts.running}"
     )
     if counts.waiting:
         line += f", waiting {counts.waiting}"

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import optuna
 import pytest
-from sweep_helpers import finished, load_trials, wait_for_running_trial, worker_pid
+from sweep_helpers import (
+    assert_trial_events,
+    finished,
+    load_trials,
+    wait_for_running_trial,
+    worker_log_lines,
+    worker_pid,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -92,11 +99,26 @@ def test_exact_trial_count_with_failures(sweep_dir: Path, database_url: str) -> 
     assert logs.returncode == 0, logs.stderr[-3000:]
     assert "Trial 1 started" in logs.stdout
     assert "Trial 1 failed" in logs.stdout
+    assert "Trial 1 queued again as attempt 2" in logs.stdout
     assert "trial.log" in logs.stdout
+    # The worker's own file and submitit's log contain the same lines: `logs` prints them once.
+    printed = logs.stdout.split("\n== ")[0].splitlines()[1:]
+    assert len(printed) == len(set(printed))
     missing = run_hpc("logs", "--config", "config.yml", "--trial", "999", cwd=sweep_dir)
     assert missing.returncode == 2
     assert "No log of trial 999" in missing.stderr
     assert "Report:" in result.stdout
+
+    worker_logs = worker_log_lines(sweep_dir / "checkpoint")
+    assert len(worker_logs) == 3
+    for name, lines in worker_logs.items():
+        first = lines[0]
+        assert name == f"worker-{int(first['worker']):04d}.log"
+        assert first["job"].startswith("local-")
+        assert first["task"] == "-"
+        assert first["message"].startswith(f"Worker {first['worker']} started on host ")
+    every_line = [line for lines in worker_logs.values() for line in lines]
+    assert_trial_events(every_line, retries[1].number)
 
 
 def test_workers_start_with_distinct_values(sweep_dir: Path, database_url: str) -> None:
@@ -231,7 +253,12 @@ def test_killed_worker_trial_runs_again(tmp_path: Path, database_url: str) -> No
     assert retry.user_attrs["seed"] == lost.user_attrs["seed"]
     complete = [t for t in trials.values() if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 4
-    assert "Trials finished: 4/4" in stdout
+    # The progress bar ends full, with the best value, and the report path comes last.
+    progress = [line for line in stdout.splitlines() if " trials (complete " in line]
+    assert progress[-1].startswith(f"[{'#' * 24}] 4/4 trials (complete 4, pruned 0, failed 0)")
+    best = max(complete, key=lambda trial: trial.value or 0.0)
+    assert f"best {best.value:.4g} (trial {best.number})" in progress[-1]
+    assert stdout.rstrip().splitlines()[-1].startswith("Report: ")
 
 
 def test_interrupted_sweep_resumes(tmp_path: Path, database_url: str) -> None:
