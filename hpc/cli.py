@@ -89,9 +89,22 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("--trial", required=True, type=int, help="the trial number")
     logs.set_defaults(handler=_logs)
 
-    status = commands.add_parser("status", help="show the trials and the best value of a sweep")
+    status = commands.add_parser(
+        "status", help="show a sweep's trials, best value, budget, jobs and stale trials"
+    )
     _add_config(status)
     status.add_argument("--storage", help="PostgreSQL URL, if the sweep used one")
+    status.add_argument(
+        "--json", action="store_true", help="print JSON (schema: docs/status.schema.json)"
+    )
+    status.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=30.0,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 30) until Ctrl-C",
+    )
     status.set_defaults(handler=_status)
 
     report = commands.add_parser("report", help="rebuild the report from the database")
@@ -201,7 +214,9 @@ def _fail_at_start_if_requested(spec: object) -> None:
 def _status(args: argparse.Namespace) -> int:
     from hpc.status import print_status
 
-    return print_status(args.config, args.storage)
+    if args.watch is not None and args.watch < 1:
+        raise HpcTuneError(f"--watch {args.watch:g}: give at least 1 second between refreshes.")
+    return print_status(args.config, args.storage, as_json=args.json, watch_s=args.watch)
 
 
 def _report(args: argparse.Namespace) -> int:

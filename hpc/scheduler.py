@@ -40,6 +40,7 @@ __all__ = [
     "SchedulerError",
     "cancel_jobs",
     "controller_answers",
+    "job_overview",
     "job_end_time",
     "parse_sacct",
     "parse_sbatch_job_id",
@@ -209,6 +210,42 @@ def active_jobs(job_ids: Sequence[str], timeout_s: float = 60.0) -> list[JobStat
         return []
     # Without --states, squeue lists only jobs that have not ended.
     return [job for job in _squeue(ids, None, timeout_s) if job.active]
+
+
+def job_overview(
+    job_ids: Sequence[str], timeout_s: float = 30.0
+) -> tuple[list[JobState], str | None]:
+    """Return the jobs' records for a status screen, and a note on what could not be seen.
+
+    Active jobs come from squeue, one record per array task with the controller's current
+    reason; ended ones from sacct. Without sacct (not installed, or accounting disabled),
+    squeue lists ended jobs for MinJobAge only (300 s by default), and the note says so.
+
+    Raises:
+        SchedulerError: squeue failed, for instance because the controller does not respond.
+    """
+    ids = _checked_ids(job_ids)
+    if not ids:
+        return [], None
+    active = [job for job in _squeue(ids, None, timeout_s) if job.active]
+    note = None
+    try:
+        records = query_jobs(ids, timeout_s)
+    except SchedulerError as error:
+        logger.debug("sacct failed: %s", error)
+        records = _squeue(ids, "all", timeout_s)
+        note = f"sacct failed ({_first_line(str(error))})"
+    if _sacct_disabled and note is None:
+        note = SACCT_DISABLED_MESSAGE
+    if note is not None:
+        note += ": jobs that ended more than MinJobAge ago (300 s by default) are not listed"
+    seen = {job.display_id for job in active}
+    ended = [job for job in records if not job.active and job.display_id not in seen]
+    return active + ended, note
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
 
 
 def _squeue(ids: list[str], states: str | None, timeout_s: float) -> list[JobState]:

@@ -1,12 +1,29 @@
-"""`python -m hpc status`: trials by state, best trial and budget of a sweep."""
+"""`python -m hpc status`: one screen about a sweep, or the same data as JSON.
+
+The data is collected once (`collect_status`) and rendered as text (`render_status`) or
+printed as JSON (schema in docs/status.schema.json). Its database cost does not grow with the
+number of trials: one aggregate count, one query for silent trials, and Optuna's best-trial
+lookup per phase.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import optuna
 
-from hpc.reaper import reap_sweep
+from hpc import scheduler, tables
+from hpc.claims import StudyCounts, budget_left
+from hpc.coordinator import budget_of
+from hpc.reaper import reap_sweep, silent_trials
+from hpc.scheduler import JobState, SchedulerError
 from hpc.storage import create_engine, hide_password, optuna_storage
 from hpc.sweep import (
     Storage,
@@ -17,67 +34,411 @@ from hpc.sweep import (
     load_started_sweep,
     open_storage,
 )
+from hpc.sweep_state import study_name
+from tuner.phases import phase_budget
 from tuner.space import user_values
 
+SCHEMA_VERSION = 1
+DEFAULT_WATCH_S = 30.0
+# Reasons of pending jobs that need the user; `{job}` is the job or array task id.
+HELD_HINTS = {
+    "launch failed requeued held": (
+        "the job failed to start on its node and Slurm held it; once the node is fixed, "
+        "release it: scontrol release {job}"
+    ),
+    "JobHeldUser": "held by a user: scontrol release {job}",
+    "JobHeldAdmin": "held by an administrator: ask them to release it",
+    "DependencyNeverSatisfied": (
+        "its dependency can no longer be met: scancel {job}, then 'make sweep' continues"
+    ),
+    "PartitionTimeLimit": (
+        "its time limit exceeds the partition's: lower hpc.slurm.time_min, then "
+        "'scancel {job}' and 'make sweep'"
+    ),
+    "BadConstraints": "no node can satisfy it: check hpc.slurm against 'sinfo'",
+}
+HELD_STATES = {"REQUEUE_HOLD": "held after a requeue: scontrol release {job}"}
 
-def print_status(config_path: Path, storage_url: str | None) -> int:
-    """Print one screen about the sweep of `config_path`; return the exit code."""
+
+@dataclass(frozen=True)
+class JobLine:
+    """One record of the sweep's jobs: a job, an array task or a group of pending tasks."""
+
+    job: JobState
+    role: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.job.display_id,
+            "role": self.role,
+            "state": self.job.state,
+            "reason": self.job.reason,
+            "hint": job_hint(self.job),
+        }
+
+
+def job_hint(job: JobState) -> str | None:
+    """Return what the user can do about a job stuck in a held or impossible state."""
+    template = HELD_STATES.get(job.state)
+    if template is None and job.reason is not None:
+        template = HELD_HINTS.get(job.reason)
+    return None if template is None else template.format(job=job.display_id)
+
+
+def print_status(
+    config_path: Path,
+    storage_url: str | None,
+    as_json: bool = False,
+    watch_s: float | None = None,
+) -> int:
+    """Print the status of the sweep of `config_path`, once or every `watch_s` seconds."""
     request = SweepRequest(config_path=config_path, storage=storage_url)
     sweep = load_started_sweep(request)
     storage = open_storage(sweep, request, create=False)
     try:
-        return _print_sweep(sweep, storage)
+        while True:
+            # Read sweep.json again: the phase, submissions and cancel change during a sweep.
+            sweep = load_started_sweep(request)
+            data = collect_status(sweep, storage)
+            text = json.dumps(data, indent=2) if as_json else render_status(data)
+            if watch_s is not None and sys.stdout.isatty():
+                print("\033[H\033[2J", end="")
+            print(text, flush=True)
+            if watch_s is None:
+                return 0
+            time.sleep(watch_s)
+    except KeyboardInterrupt:
+        return 0
     finally:
         close_storage(storage)
 
 
-def _print_sweep(sweep: Sweep, storage: Storage) -> int:
-    reaped = _reap(sweep, storage)
-    counts = count_sweep_trials(sweep, storage)
-    tuning = sweep.loaded.tuning
+def collect_status(sweep: Sweep, storage: Storage, reap: bool = True) -> dict[str, Any]:
+    """Gather the status of a sweep as plain data, the content of `status --json`.
 
-    print(f"Sweep:    {sweep.name} (phase {sweep.phase}, study {sweep.study_name})")
-    print(f"Storage:  {hide_password(storage.url)}")
-    print(
-        f"Trials:   complete {counts.complete}, pruned {counts.pruned}, failed {counts.failed}, "
-        f"running {counts.running}, waiting {counts.waiting}, retried {counts.retried}"
-    )
-
-    cancel = (sweep.state or {}).get("cancel")
-    if cancel:
-        print(f"Cancelled: at {cancel['requested_at']}; 'make sweep' continues the sweep")
-    if reaped:
-        print(f"Reaped:   {reaped} stale trials of ended jobs or processes, queued to run again")
-    if tuning.n_trials is not None:
-        print(f"Budget:   {counts.finished} of {tuning.n_trials} trials finished")
-    elif tuning.gpu_hours is not None:
-        used_h = counts.finished_seconds / 3600
-        print(f"Budget:   {used_h:.3f} of {tuning.gpu_hours} GPU-hours spent")
-    if not counts.complete:
-        print("Best:     no complete trial yet")
-        return 0
-
-    study = optuna.load_study(
-        study_name=sweep.study_name,
-        storage=optuna_storage(storage.url, storage.schema, create_tables=False),
-    )
-    best = study.best_trial
-    print(f"Best:     trial {best.number}, value {best.value}")
-    for param, value in user_values(best.params, tuning.hyperparameters).items():
-        print(f"          {param}: {value}")
-    return 0
-
-
-def _reap(sweep: Sweep, storage: Storage) -> int:
-    """Reap stale trials, so that they are cleaned up even when every worker is dead."""
-    if sweep.state is None:
-        return 0
+    Args:
+        reap: Reap stale trials first, as workers and the finalize job do, so that a sweep
+            whose workers all died is cleaned up by looking at it.
+    """
     engine = create_engine(storage.url, storage.schema)
     try:
-        study = optuna.load_study(
-            study_name=sweep.study_name,
-            storage=optuna_storage(storage.url, storage.schema, create_tables=False),
-        )
-        return reap_sweep(engine, study, sweep)
+        rdb = optuna_storage(storage.url, storage.schema, create_tables=False)
+        study = optuna.load_study(study_name=sweep.study_name, storage=rdb)
+        reaped = reap_sweep(engine, study, sweep) if reap else 0
+        silent = silent_trials(engine, sweep.study_name, sweep.settings.heartbeat_grace_s)
+        counts = count_sweep_trials(sweep, storage)
+        exhausted = tables.space_exhausted(engine, sweep.name, sweep.phase)
+        jobs, jobs_note = _jobs(sweep, engine)
     finally:
         engine.dispose()
+
+    state = sweep.state or {}
+    budget = _budget(sweep, counts, _worker_count(counts, jobs))
+    best = _best(sweep, rdb)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "time": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "sweep": {
+            "name": sweep.name,
+            "state": _sweep_state(sweep, counts, jobs, budget, exhausted),
+            "executor": state.get("executor", "local"),
+            "study": sweep.study_name,
+            "storage": hide_password(storage.url),
+            "checkpoint_dir": str(sweep.paths.root),
+            "cancelled_at": (state.get("cancel") or {}).get("requested_at"),
+        },
+        "phase": {
+            "current": sweep.phase,
+            "phases": 2 if sweep.loaded.tuning.two_phase_tuning else 1,
+            "plan": sweep.phase_plan.get("reason"),
+        },
+        "trials": {
+            "complete": counts.complete,
+            "pruned": counts.pruned,
+            "failed": counts.failed,
+            "running": counts.running,
+            "waiting": counts.waiting,
+            "retried": counts.retried,
+            "finished": counts.finished,
+        },
+        "best": best,
+        "budget": budget,
+        "jobs": [line.as_dict() for line in jobs],
+        "jobs_note": jobs_note,
+        "stale": {
+            "reaped": reaped,
+            "silent": [
+                {"trial": trial.number, "job": trial.job_id, "silent_s": round(trial.silent_s)}
+                for trial in silent
+            ],
+            "grace_s": sweep.settings.heartbeat_grace_s,
+        },
+    }
+
+
+def _jobs(sweep: Sweep, engine: Any) -> tuple[list[JobLine], str | None]:
+    """List the sweep's Slurm jobs, or its local worker processes."""
+    state = sweep.state or {}
+    if state.get("executor") != "slurm":
+        local = tables.live_local_workers(engine, sweep.name)
+        return [
+            JobLine(JobState(f"{pid}", None, "RUNNING", None, None), f"local worker {worker}")
+            for worker, pid in sorted(local.items())
+        ], None
+    submissions = state.get("submissions", [])
+    roles = {}
+    for entry in submissions:
+        if entry.get("workers"):
+            roles[str(entry["workers"])] = "workers"
+        if entry.get("finalize"):
+            roles[str(entry["finalize"])] = "finalize"
+    for job in tables.unfinished_workers_with_jobs(engine, sweep.name).values():
+        if job:
+            roles.setdefault(job.split("_")[0], "workers (submitted by hand)")
+    if not roles:
+        return [], None
+    try:
+        records, note = scheduler.job_overview(sorted(roles, key=int))
+    except SchedulerError as error:
+        return [], f"Slurm did not answer: {error}"
+    lines = [JobLine(job, roles.get(job.job_id, "workers")) for job in records]
+    lines.sort(key=lambda line: (int(line.job.job_id), _task_key(line.job.array_task_id)))
+    return lines, note
+
+
+def _task_key(task: str | None) -> tuple[int, str]:
+    if task is None:
+        return (-1, "")
+    return (int(task), "") if task.isdigit() else (1 << 30, task)
+
+
+def _worker_count(counts: StudyCounts, jobs: list[JobLine]) -> int:
+    """How many workers run now: running trials, or running worker jobs if more."""
+    running_jobs = sum(
+        1
+        for line in jobs
+        if line.role.startswith(("workers", "local")) and line.job.state == "RUNNING"
+    )
+    return max(counts.running, running_jobs)
+
+
+def _budget(sweep: Sweep, counts: StudyCounts, workers: int) -> dict[str, Any]:
+    """Budget of the current phase: used, left, and an estimate of the time to finish it."""
+    tuning = sweep.loaded.tuning
+    share = phase_budget(
+        tuning.n_trials, tuning.gpu_hours, tuning.timeout_s, tuning.two_phase_tuning, sweep.phase
+    )
+    mean = counts.mean_trial_s
+    spent = budget_left(counts, budget_of(sweep))
+    result: dict[str, Any] = {
+        "unit": None,
+        "total": None,
+        "used": None,
+        "left": None,
+        "spent": spent,
+        "mean_trial_s": None if mean is None else round(mean, 1),
+        "workers": workers,
+        "eta_s": None,
+    }
+    if share.n_trials is not None:
+        left = max(share.n_trials - counts.finished, 0)
+        result.update(unit="trials", total=share.n_trials, used=counts.finished, left=left)
+        if mean is not None and workers and left:
+            result["eta_s"] = round(math.ceil(left / workers) * mean)
+    elif share.gpu_hours is not None:
+        used_h = counts.finished_seconds / 3600
+        left_h = max(share.gpu_hours - used_h, 0.0)
+        result.update(
+            unit="gpu_hours", total=share.gpu_hours, used=round(used_h, 4), left=round(left_h, 4)
+        )
+        if spent is not None:
+            # No new trial fits: what is left is the running trials' end.
+            result["eta_s"] = round(mean) if mean is not None and counts.running else None
+        elif workers and left_h:
+            result["eta_s"] = round(left_h * 3600 / workers)
+    return result
+
+
+def _best(sweep: Sweep, rdb: optuna.storages.RDBStorage) -> dict[str, Any] | None:
+    """The best complete trial over the sweep's phases, with its user-facing values.
+
+    Phase 1's best stays the sweep's best when phase 2 does not beat it.
+    """
+    found: list[tuple[float, int, optuna.trial.FrozenTrial]] = []
+    for phase in range(1, sweep.phase + 1):
+        try:
+            study_id = rdb.get_study_id_from_name(study_name(sweep.name, phase))
+            trial = rdb.get_best_trial(study_id)
+        except (KeyError, ValueError):
+            continue  # no such study, or no complete trial in it
+        if trial.value is not None:
+            found.append((trial.value, phase, trial))
+    if not found:
+        return None
+    # Studies maximize the metric (EDS-NLP's scores are higher-is-better).
+    value, phase, trial = max(found, key=lambda item: item[0])
+    params = user_values(trial.params, sweep.loaded.tuning.hyperparameters)
+    return {
+        "value": value,
+        "trial": trial.number,
+        "phase": phase,
+        "metric": list(sweep.loaded.tuning.metric),
+        "params": {key: _plain(item) for key, item in params.items()},
+    }
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+
+
+def _sweep_state(
+    sweep: Sweep, counts: StudyCounts, jobs: list[JobLine], budget: dict[str, Any], exhausted: bool
+) -> str:
+    """Return one word for the sweep: cancelled, running, queued, finished or stopped."""
+    if (sweep.state or {}).get("cancel"):
+        return "cancelled"
+    active = [line for line in jobs if line.job.active]
+    if counts.running or any(line.job.state == "RUNNING" for line in active):
+        return "running"
+    if active:
+        return "queued"
+    if budget["spent"] is not None or exhausted:
+        return "finished"
+    return "stopped"
+
+
+def render_status(data: dict[str, Any]) -> str:
+    """Render `collect_status`'s data as one screen of text."""
+    sweep, phase, trials = data["sweep"], data["phase"], data["trials"]
+    lines = [
+        f"Sweep:    {sweep['name']}, {sweep['state']}"
+        + (f" (cancelled at {sweep['cancelled_at']})" if sweep["cancelled_at"] else ""),
+        f"Phase:    {phase['current']} of {phase['phases']}"
+        + (f" ({phase['plan']})" if phase["plan"] else ""),
+        f"Study:    {sweep['study']} in {sweep['storage']}",
+        "Trials:   "
+        + ", ".join(
+            f"{key} {trials[key]}"
+            for key in ("complete", "pruned", "failed", "running", "waiting", "retried")
+        ),
+    ]
+    best = data["best"]
+    if best is None:
+        lines.append("Best:     no complete trial yet")
+    else:
+        lines.append(
+            f"Best:     {', '.join(best['metric'])} = {best['value']:.6g} "
+            f"(trial {best['trial']}, phase {best['phase']})"
+        )
+        lines.extend(f"          {key}: {value}" for key, value in best["params"].items())
+    lines.append(f"Budget:   {_budget_text(data['budget'])}")
+    lines.extend(_jobs_text(data["jobs"], data["jobs_note"], sweep["executor"]))
+    lines.extend(_stale_text(data["stale"]))
+    if sweep["state"] == "cancelled":
+        lines.append("Next:     'make sweep' continues the sweep with the budget left")
+    elif sweep["state"] == "stopped":
+        lines.append(
+            "Next:     no job runs and budget is left: 'make sweep' or 'make resubmit' goes on"
+        )
+    return "\n".join(lines)
+
+
+def _budget_text(budget: dict[str, Any]) -> str:
+    if budget["unit"] is None:
+        return "no n_trials or gpu_hours: workers run until stopped"
+    if budget["unit"] == "trials":
+        text = f"{budget['used']} of {budget['total']} trials finished, {budget['left']} left"
+    else:
+        text = (
+            f"{budget['used']:.3f} of {budget['total']:g} GPU-hours spent, "
+            f"{budget['left']:.3f} left"
+        )
+    if budget["spent"] is not None:
+        return text if not budget["left"] else f"{text}; no new trial starts: {budget['spent']}"
+    if budget["eta_s"] is not None:
+        text += (
+            f"; about {_duration(budget['eta_s'])} to go with "
+            f"{_count(budget['workers'], 'worker')} (mean trial "
+            f"{_duration(budget['mean_trial_s'])})"
+        )
+    elif not budget["workers"]:
+        text += "; no worker runs now"
+    return text
+
+
+def _jobs_text(jobs: list[dict[str, Any]], note: str | None, executor: str) -> list[str]:
+    """Group the jobs by job, role, state and reason, so that a large array fits one line."""
+    if not jobs:
+        lines = ["Jobs:     no local worker runs" if executor != "slurm" else "Jobs:     none"]
+        return lines + ([f"          ({note})"] if note else [])
+    groups: dict[tuple[str, str, str, str | None], list[dict[str, Any]]] = {}
+    for job in jobs:
+        key = (job["id"].partition("_")[0], job["role"], job["state"], job["reason"])
+        groups.setdefault(key, []).append(job)
+    lines = []
+    hints = []
+    for (base, role, state, reason), members in groups.items():
+        tasks = [job["id"].partition("_")[2] for job in members]
+        tasks = [task for task in tasks if task]
+        what = f"{base} {_task_ranges(tasks)}" if tasks else base
+        why = f" ({reason})" if reason else ""
+        lines.append(f"{what} [{role}]: {state}{why}")
+        first = members[0]
+        if first["hint"]:
+            # One command for the whole group: Slurm applies an array's id to all its tasks.
+            target = first["id"] if len(members) == 1 else base
+            hints.append(first["hint"].replace(first["id"], target))
+    rendered = ["Jobs:     " + lines[0]] + [f"          {line}" for line in lines[1:]]
+    rendered.extend(f"Action:   {hint}" for hint in dict.fromkeys(hints))
+    if note:
+        rendered.append(f"          ({note})")
+    return rendered
+
+
+def _task_ranges(tasks: list[str]) -> str:
+    """`tasks 0-3,7` for task ids; Slurm's own expressions (`[4-7%2]`) are kept as they are."""
+    numbers = sorted(int(task) for task in tasks if task.isdigit())
+    parts = [task for task in tasks if not task.isdigit()]
+    start = previous = None
+    for number in numbers + [None]:
+        if number is not None and previous is not None and number == previous + 1:
+            previous = number
+            continue
+        if start is not None:
+            parts.append(str(start) if start == previous else f"{start}-{previous}")
+        start = previous = number
+    label = "task" if len(tasks) == 1 and tasks[0].isdigit() else "tasks"
+    return f"{label} {','.join(parts)}"
+
+
+def _stale_text(stale: dict[str, Any]) -> list[str]:
+    lines = []
+    if stale["reaped"]:
+        lines.append(
+            f"Reaped:   {_count(stale['reaped'], 'stale trial')} of ended jobs or processes, "
+            "queued to run again"
+        )
+    for trial in stale["silent"]:
+        where = f"job {trial['job']} still runs" if trial["job"] else "its worker still runs"
+        lines.append(
+            f"Stale:    trial {trial['trial']} has sent no heartbeat for "
+            f"{_duration(trial['silent_s'])}; kept because {where} (it may have lost the "
+            "database for a while)"
+        )
+    return lines
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    seconds = int(round(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 120:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
