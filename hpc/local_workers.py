@@ -126,7 +126,7 @@ def stop(jobs: list[submitit.Job]) -> None:
 def progress_line(
     counts: StudyCounts, budget: Budget, best: tuple[int, float] | None, width: int = 24
 ) -> str:
-    """Return one line: a bar of the budget used, finished trials, the best value and running trials.
+    """Return one line: a bar of the budget used, finished and running trials, the best value.
 
     With `n_trials` the bar counts finished trials; with `gpu_hours` the GPU-hours of
     finished trials; with neither, there is no bar.
