@@ -73,7 +73,9 @@ def test_array_sweep_with_failed_task(slurm: None, tmp_path: Path, database_url:
         line for log in logs for line in log.read_text().splitlines() if "hpc.worker: Trial" in line
     ]
     assert worker_lines
-    assert all(f"job {array}_" in line and " worker " in line for line in worker_lines)
+    assert all(f" job={array}_" in line for line in worker_lines)
+    assert all(" task=" in line for line in worker_lines)
+    assert not [line for line in worker_lines if " worker=- " in line]
 
 
 def test_hand_submitted_workers_join(slurm: None, tmp_path: Path, database_url: str) -> None:
