@@ -169,6 +169,7 @@ def budget_of(sweep: Sweep) -> Budget:
         n_trials=share.n_trials,
         gpu_seconds=None if share.gpu_hours is None else share.gpu_hours * 3600,
         timeout_s=share.timeout_s,
+        gpus_per_trial=sweep.gpus_per_trial,
     )
 
 

@@ -246,7 +246,8 @@ def _budget(sweep: Sweep, counts: StudyCounts, workers: int) -> dict[str, Any]:
         if mean is not None and workers and left:
             result["eta_s"] = round(math.ceil(left / workers) * mean)
     elif share.gpu_hours is not None:
-        used_h = counts.finished_seconds / 3600
+        gpus = sweep.gpus_per_trial
+        used_h = counts.finished_seconds * gpus / 3600
         left_h = max(share.gpu_hours - used_h, 0.0)
         result.update(
             unit="gpu_hours", total=share.gpu_hours, used=round(used_h, 4), left=round(left_h, 4)
@@ -255,7 +256,7 @@ def _budget(sweep: Sweep, counts: StudyCounts, workers: int) -> dict[str, Any]:
             # No new trial fits: what is left is the running trials' end.
             result["eta_s"] = round(mean) if mean is not None and counts.running else None
         elif workers and left_h:
-            result["eta_s"] = round(left_h * 3600 / workers)
+            result["eta_s"] = round(left_h * 3600 / gpus / workers)
     return result
 
 

@@ -77,6 +77,11 @@ class Sweep:
         return study_name(self.name, self.phase)
 
     @property
+    def gpus_per_trial(self) -> int:
+        """GPUs each trial holds, as recorded when the sweep was submitted (1 by default)."""
+        return int((self.state or {}).get("gpus_per_trial", 1))
+
+    @property
     def phase_plan(self) -> dict[str, Any]:
         """The promotion's record: kept and frozen hyperparameters, decision and reason."""
         return dict((self.state or {}).get("phase_plan") or {})
@@ -275,6 +280,8 @@ def write_state(sweep: Sweep, storage: Storage, executor: str = "local") -> None
         signal_lead_s=sweep.settings.slurm.signal_lead_s,
         workers=sweep.settings.workers,
         executor=executor,
+        # A Slurm worker's GPUs all serve its trial; a local worker counts as one GPU.
+        gpus_per_trial=max(1, sweep.settings.slurm.gpus_per_task) if executor == "slurm" else 1,
     )
     write_json_atomic(sweep.paths.sweep_file, state)
 
