@@ -222,6 +222,7 @@ def _status(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from hpc.coordinator import write_final_report
     from hpc.sweep import SweepRequest, close_storage, load_sweep, open_storage
+    from tuner.report import SUMMARY_NAME
 
     request = SweepRequest(config_path=args.config, storage=args.storage)
     sweep = load_sweep(request, use_recorded_overrides=True)
@@ -231,6 +232,11 @@ def _report(args: argparse.Namespace) -> int:
     finally:
         close_storage(storage)
     print(f"Report: {report_dir}")
+    # The summary says which trials it covers; a report rebuilt mid-sweep covers those so far.
+    summary = (report_dir / SUMMARY_NAME).read_text(encoding="utf-8").splitlines()
+    for line in summary:
+        if line.startswith(("Trials covered:", "Time span:")):
+            print(line)
     return 0
 
 

@@ -199,7 +199,7 @@ def write_final_report(sweep: Sweep, storage: Storage) -> Path:
     )
     tuning = sweep.loaded.tuning
     folder = report_dir(sweep)
-    context = report_context(sweep, budget_of(sweep).n_trials)
+    context = report_context(sweep, storage, budget_of(sweep).n_trials)
     written = write_report(study, folder, sweep.loaded.path, tuning.hyperparameters, context)
     if sweep.phase > 1:
         note = phase_one_stays_best(sweep, storage)

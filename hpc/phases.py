@@ -9,15 +9,18 @@ trains under the same frozen values of the others.
 from __future__ import annotations
 
 import logging
+import shlex
 from dataclasses import asdict
 from pathlib import Path
 
 import optuna
 
-from hpc.storage import optuna_storage
+from hpc import tables
+from hpc.storage import create_engine, optuna_storage
 from hpc.sweep import Storage, Sweep, SweepRequest, load_sweep
 from hpc.sweep_state import read_sweep_state, study_name, write_json_atomic
 from tuner.best_config import write_text_atomically
+from tuner.data_checksum import data_checksums
 from tuner.errors import HpcTuneError
 from tuner.phases import STOP, PhasePlan, plan_phase_two
 from tuner.report import SUMMARY_NAME, ReportContext, compute_importances, write_report
@@ -36,9 +39,32 @@ def report_dir(sweep: Sweep, phase: int | None = None) -> Path:
     return output_dir / f"phase_{phase or sweep.phase}"
 
 
-def report_context(sweep: Sweep, n_trials: int | None) -> ReportContext:
+def report_context(sweep: Sweep, storage: Storage, n_trials: int | None) -> ReportContext:
+    """Gather what the report states besides the trials: workers, GPU-hours, data, command."""
     tuning = sweep.loaded.tuning
     two_phase = tuning.two_phase_tuning
+    state = sweep.state or {}
+    working_dir = Path(state.get("working_dir") or Path.cwd())
+    engine = create_engine(storage.url, storage.schema)
+    try:
+        usage = tables.worker_usage(engine, sweep.name, sweep.phase)
+    finally:
+        engine.dispose()
+    executor = state.get("executor", "local")
+    gpus_per_worker = sweep.gpus_per_trial
+    workers = (
+        f"{_count(usage.workers, 'worker run')} ({executor}) on "
+        f"{_count(len(usage.hosts), 'host')} ({', '.join(usage.hosts)})"
+    )
+    if executor == "slurm":
+        workers += f", in {_count(usage.jobs, 'Slurm job run')}"
+    train_command = None
+    if sweep.settings.objective == "edsnlp":
+        config = report_dir(sweep) / "config.yml"
+        train_command = (
+            f"cd {shlex.quote(str(working_dir))} && python -m edsnlp.train "
+            f"--config {shlex.quote(str(config))}"
+        )
     return ReportContext(
         sweep_name=sweep.name,
         metric=tuning.metric,
@@ -46,7 +72,17 @@ def report_context(sweep: Sweep, n_trials: int | None) -> ReportContext:
         n_trials_target=n_trials,
         phase=sweep.phase if two_phase else None,
         frozen_values=dict(sweep.phase_plan.get("frozen", {})) if sweep.phase > 1 else {},
+        gpus_per_trial=sweep.gpus_per_trial,
+        allocated_gpu_hours=usage.held_s * gpus_per_worker / 3600,
+        workers=workers,
+        data=data_checksums(sweep.loaded.config, working_dir),
+        train_command=train_command,
+        seed_path=tuning.seed_path,
     )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def promote(sweep: Sweep, storage: Storage, n_trials: int | None) -> tuple[PhasePlan, Sweep]:
@@ -67,7 +103,7 @@ def promote(sweep: Sweep, storage: Storage, n_trials: int | None) -> tuple[Phase
             report_dir(sweep, 1),
             sweep.loaded.path,
             hyperparameters,
-            report_context(sweep, n_trials),
+            report_context(sweep, storage, n_trials),
             importances=importances,
         )
         logger.info("Phase 1 report written to %s", folder)

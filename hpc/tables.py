@@ -150,6 +150,46 @@ def unfinished_workers_with_jobs(
     return {int(row.worker_id): row.job_id for row in rows}
 
 
+@dataclass(frozen=True)
+class WorkerUsage:
+    """The workers of one phase of a sweep, from their rows."""
+
+    workers: int
+    hosts: tuple[str, ...]
+    jobs: int
+    held_s: float
+
+
+def worker_usage(engine: sqlalchemy.Engine, sweep_name: str, phase: int) -> WorkerUsage:
+    """Count a phase's worker runs, hosts and Slurm jobs, and the time they were held.
+
+    A worker that has not ended (still running, or lost before it recorded its end) counts
+    until now.
+    """
+    table = workers_table
+    held = func.coalesce(
+        func.sum(
+            func.extract("epoch", func.coalesce(table.c.ended_at, func.now()) - table.c.started_at)
+        ),
+        0,
+    )
+    with engine.connect() as connection:
+        row = connection.execute(
+            sqlalchemy.select(
+                func.count().label("workers"),
+                func.array_agg(func.distinct(table.c.hostname)).label("hosts"),
+                func.count(func.distinct(table.c.job_id)).label("jobs"),
+                held.label("held_s"),
+            ).where(table.c.sweep_name == sweep_name, table.c.phase == phase)
+        ).one()
+    return WorkerUsage(
+        workers=int(row.workers),
+        hosts=tuple(sorted(host for host in (row.hosts or []) if host)),
+        jobs=int(row.jobs),
+        held_s=float(row.held_s),
+    )
+
+
 SPACE_EXHAUSTED = "search space exhausted"
 
 

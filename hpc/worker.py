@@ -31,6 +31,7 @@ from hpc.trial_host import TRIAL_LOG, HostDied, TrialHost, TrialOutcome
 from tuner.objectives import ObjectiveSpec, TrialRequest
 from tuner.phases import phase_budget
 from tuner.pruners import build_pruner
+from tuner.report import MODEL_FOLDERS
 from tuner.space import Hyperparameter, suggest_values
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,6 @@ END_RECORD_WINDOW_S = 30
 MAX_DUPLICATE_SAMPLES = 20
 PARAMS_KEY_ATTR = "params_key"
 SEED_MODULUS = 2**32
-MODEL_FOLDERS = ("model-last", "model")
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,8 @@ def _reachable_sections(config: Any) -> list[tuple[tuple[str | int, ...], Mappin
             for key, child in items:
                 walk(child, (*location, key))
 
-    walk(config["train"], ("train",))
+    if "train" in config:  # a config for a plug-in other than EDS-NLP's training may lack it
+        walk(config["train"], ("train",))
     return found
 
 
@@ -71,9 +72,12 @@ def resolved_value(config: Any, value: Any) -> tuple[Any, str | None]:
         return UNRESOLVED, str(value)
 
 
-def check_data_paths(config: Any, config_path: Path) -> list[str]:
-    """Check that every local folder or file read by a data reader of `train` exists."""
-    problems = []
+def data_paths(config: Any) -> list[tuple[str, str, Path]]:
+    """List the local data paths of `train`'s readers: (config key, reader, path as written).
+
+    References are resolved; remote paths (`s3://...`) and unresolvable values are left out.
+    """
+    found = []
     for location, node in _reachable_sections(config):
         reader = next((node[key] for key in node if str(key).startswith("@readers")), None)
         if reader is None or "path" not in node:
@@ -82,7 +86,15 @@ def check_data_paths(config: Any, config_path: Path) -> list[str]:
         if not isinstance(value, (str, Path)) or "://" in str(value):
             continue  # remote file systems are not checked
         key = format_path((*location, "path")) + (f" (= {reference})" if reference else "")
-        path = Path(value).expanduser()
+        found.append((key, str(reader), Path(value).expanduser()))
+    return found
+
+
+def check_data_paths(config: Any, config_path: Path) -> list[str]:
+    """Check that every local folder or file read by a data reader of `train` exists."""
+    problems = []
+    for key, reader, path in data_paths(config):
+        value = str(path)
         tried = path if path.is_absolute() else Path.cwd() / path
         if not tried.exists():
             hint = (
@@ -95,9 +107,7 @@ def check_data_paths(config: Any, config_path: Path) -> list[str]:
                     f"from the config's folder: write {str(beside_config)!r} or run from "
                     f"{config_path.parent}."
                 )
-            problems.append(
-                f"{key}: data path {str(value)!r} not found (looked for {tried}). {hint}"
-            )
+            problems.append(f"{key}: data path {value!r} not found (looked for {tried}). {hint}")
         elif reader == "standoff" and tried.is_dir() and next(tried.rglob("*.txt"), None) is None:
             problems.append(
                 f"{key}: {tried} contains no .txt file. The standoff reader reads .txt/.ann pairs "

@@ -7,8 +7,9 @@
   follow EDS-NLP's `results_summary.txt`, with JSON values, and the two sections come last,
   so EDS-NLP's own parser of that file reads every tuned and frozen value.
 - `config.yml`, the user's config with the best values written in (`write_best_config`).
-- Five Optuna plots as HTML files that load one shared `plotly.min.js` from the same folder by
-  relative path, so that they open offline.
+- Five Optuna plots and a bar chart of the parameter importances (the values of the summary),
+  as HTML files that load one shared `plotly.min.js` from the same folder by relative path, so
+  that they open offline.
 
 Large studies are capped so that the report stays fast and each HTML file stays under 1 MB.
 Sizes below were measured with Optuna 5.1 and plotly 7.1. Importances use the best 500
@@ -33,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from statistics import median
 from typing import Any, cast
 
 import optuna
@@ -64,6 +66,8 @@ REPORTED_STATES = (
     TrialState.RUNNING,
     TrialState.WAITING,
 )
+# Folders where EDS-NLP's training saves a trial's model, in the order they are looked for.
+MODEL_FOLDERS = ("model-last", "model")
 VERSIONED_PACKAGES = ("hpc-tune", "edsnlp", "optuna", "torch", "confit")
 
 
@@ -81,6 +85,14 @@ class ReportContext:
         phase: 1 or 2 in a two-phase sweep, None in a one-phase sweep.
         frozen_values: In phase 2, the phase-1 best value of each hyperparameter that this
             phase does not tune, by name.
+        gpus_per_trial: GPUs each trial holds; trial GPU-hours are trial time times this.
+        allocated_gpu_hours: GPU-hours the workers held, from their start to their end
+            (idle time included), or None when unknown.
+        workers: One line on the workers that ran the phase, or None.
+        data: Config key of each local training data path to its checksum line.
+        train_command: The shell command that trains the best config from scratch, or None;
+            the best trial's seed is added to it as `--<seed_path> <seed>`.
+        seed_path: The config path of the training seed.
     """
 
     sweep_name: str
@@ -89,6 +101,12 @@ class ReportContext:
     n_trials_target: int | None
     phase: int | None = None
     frozen_values: Mapping[str, Any] = field(default_factory=dict)
+    gpus_per_trial: int = 1
+    allocated_gpu_hours: float | None = None
+    workers: str | None = None
+    data: Mapping[str, str] = field(default_factory=dict)
+    train_command: str | None = None
+    seed_path: str = "train.seed"
 
 
 def compute_importances(
@@ -306,6 +324,7 @@ def _summary_text(
         "",
         *_trial_lines(trials, context),
         "",
+        *_run_lines(context, best),
         f"Sweep seed: {context.seed}",
         f"Versions: {_package_versions()}",
         _importance_line(study, importances),
@@ -366,11 +385,51 @@ def _trial_lines(trials: Sequence[FrozenTrial], context: ReportContext) -> list[
         lines.append(f"Trials requested: {context.n_trials_target}")
     else:
         lines.append("Trials requested: no fixed number (GPU-hour or time budget)")
-    durations_s = [d for d in (_duration_s(trial) for trial in trials) if d is not None]
+    durations_s = [
+        d
+        for d in (_duration_s(trial) for trial in trials if trial.state.is_finished())
+        if d is not None
+    ]
+    if durations_s:
+        lines.append(
+            f"Trial time: {_format_duration(sum(durations_s))}, summed over "
+            f"{len(durations_s)} finished trials; median {_format_duration(median(durations_s))}, "
+            f"max {_format_duration(max(durations_s))}"
+        )
+    trial_gpu_hours = sum(durations_s) * context.gpus_per_trial / 3600
+    allocated = (
+        "unknown"
+        if context.allocated_gpu_hours is None
+        else f"{context.allocated_gpu_hours:.3f} held by the workers from start to end"
+    )
     lines.append(
-        f"Trial time: {_format_duration(sum(durations_s))}, summed over {len(durations_s)} trials"
+        f"GPU-hours: {trial_gpu_hours:.3f} in finished trials ({context.gpus_per_trial} per "
+        f"trial), {allocated}"
     )
     return lines
+
+
+def _run_lines(context: ReportContext, best: FrozenTrial) -> list[str]:
+    """Workers, data checksums, the best model's folder and the command that retrains it."""
+    lines = []
+    if context.workers:
+        lines.append(f"Workers: {context.workers}")
+    if context.data:
+        lines.append("Training data:")
+        lines += [f"  {key}: {described}" for key, described in context.data.items()]
+    trial_dir = best.user_attrs.get("trial_dir")
+    if trial_dir:
+        saved = [
+            Path(trial_dir) / name for name in MODEL_FOLDERS if (Path(trial_dir) / name).is_dir()
+        ]
+        where = str(saved[0]) if saved else f"not kept (no model folder in {trial_dir})"
+        lines.append(f"Best trial's saved model: {where}")
+    if context.train_command:
+        command = context.train_command
+        if "seed" in best.user_attrs:
+            command += f" --{context.seed_path} {best.user_attrs['seed']}"
+        lines.append(f"Train the best config from scratch: {command}")
+    return lines + [""] if lines else lines
 
 
 def _importance_line(study: optuna.Study, importances: Mapping[str, float]) -> str:
@@ -457,12 +516,36 @@ def _write_plots(
         n_recent = TIMELINE_MAX_TRIALS if n_trials > TIMELINE_MAX_TRIALS else None
         return visualization.plot_timeline(study, n_recent_trials=n_recent)
 
+    def param_importances() -> Any:
+        if not importances:
+            raise _SkippedPlot("no importances: fewer than 2 complete trials or equal values")
+        import plotly.graph_objects as go
+
+        ranked = sorted(importances.items(), key=lambda item: item[1])
+        figure = go.Figure(
+            go.Bar(
+                x=[value for _, value in ranked],
+                y=[name for name, _ in ranked],
+                orientation="h",
+                text=[f"{value:.2f}" for _, value in ranked],
+                textposition="outside",
+            )
+        )
+        n_used = min(len(best), IMPORTANCE_MAX_TRIALS)
+        figure.update_layout(
+            title=f"Hyperparameter importances (fANOVA, best {n_used} complete trials)",
+            xaxis_title="importance (sums to 1)",
+            yaxis_title="hyperparameter",
+        )
+        return figure
+
     plots: dict[str, Callable[[], Any]] = {
         "optimization_history.html": lambda: visualization.plot_optimization_history(study),
         "edf.html": lambda: visualization.plot_edf(study),
         "contour.html": contour,
         "parallel_coordinate.html": parallel_coordinate,
         "timeline.html": timeline,
+        "param_importances.html": param_importances,
     }
 
     bundle = output_dir / PLOTLY_BUNDLE_NAME

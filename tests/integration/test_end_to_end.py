@@ -14,7 +14,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "quaero"
-PLOTS = ("optimization_history", "edf", "contour", "parallel_coordinate", "timeline")
+PLOTS = (
+    "optimization_history",
+    "edf",
+    "contour",
+    "parallel_coordinate",
+    "timeline",
+    "param_importances",
+)
 
 
 def example_config(tmp_path: Path, tiny_bert: Path, n_trials: int) -> Path:
@@ -137,3 +144,41 @@ def test_two_phase_on_slurm(tmp_path: Path, tiny_bert: Path, database_url: str) 
         assert f"{alias}:" in summary
     assert "hidden_dropout_prob:" in best
     assert "classifier_dropout:" in best
+    check_training_command(tmp_path, report / "phase_2")
+
+
+def check_training_command(workdir: Path, report: Path) -> None:
+    """Run the summary's training command; check it trains with every tuned and frozen value."""
+    from confit import Config
+    from confit.utils.collections import split_path
+
+    from tuner.config import load_config
+    from tuner.space import get_path
+
+    summary = (report / "result_summary.txt").read_text()
+    prefix = "Train the best config from scratch: "
+    [command] = [line[len(prefix) :] for line in summary.splitlines() if line.startswith(prefix)]
+    assert f"--config {report / 'config.yml'}" in command
+    assert "--train.seed " in command
+    # Users run it with their environment's python; here that is the test's interpreter.
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    trained = subprocess.run(
+        command,
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PATH": path},
+    )
+    assert trained.returncode == 0, trained.stderr[-4000:]
+
+    used = Config.from_disk(workdir / "artifacts" / "train_config.yml")
+    best = Config.from_disk(report / "config.yml")
+    hyperparameters = load_config(report / "config.yml").tuning.hyperparameters
+    assert len(hyperparameters) == 11
+    for hp in hyperparameters:
+        parts = tuple(split_path(hp.path))
+        assert get_path(used, parts) == get_path(best, parts), hp.path
+        assert f"  {hp.name}: " in summary, hp.name
+    assert str(used["train"]["seed"]) == command.rsplit(" ", 1)[1]
+    assert (workdir / "artifacts" / "model-last").is_dir()

@@ -185,6 +185,11 @@ def test_status_of_running_sweep_with_stale_trial_then_finished(
         text = status_text(tmp_path)
         assert "Stale:    trial 4 has sent no heartbeat for" in text
         assert f"kept because job {silent['job']} still runs" in text
+        # The report can be rebuilt mid-sweep and says which trials it covers.
+        report = run_hpc("report", "--config", "config.yml", cwd=tmp_path)
+        assert report.returncode == 0, report.stderr[-3000:]
+        assert "Trials covered: 6, numbers 0 to 5\n" in report.stdout
+        assert "  RUNNING: 2\n" in (tmp_path / "results" / "result_summary.txt").read_text()
     finally:
         os.kill(pid, signal.SIGKILL)
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -20,6 +21,7 @@ PLOTS = (
     "contour.html",
     "parallel_coordinate.html",
     "timeline.html",
+    "param_importances.html",
 )
 
 CONFIG = """\
@@ -77,6 +79,7 @@ def _quadratic_study(
     n_trials: int,
     storage: optuna.storages.BaseStorage | None = None,
     name: str = "demo.phase1",
+    trial_root: str = "/checkpoint/trials",
 ) -> optuna.Study:
     """Return a study of a quadratic with 1 pruned, 1 failed, 1 running and 1 waiting trial."""
     study = optuna.create_study(
@@ -90,7 +93,7 @@ def _quadratic_study(
         values = suggest_values(trial, hyperparameters)
         trial.set_user_attr("seed", 1000 + trial.number)
         trial.set_user_attr("duration_s", 60.0)
-        trial.set_user_attr("trial_dir", f"/checkpoint/trials/{trial.number}")
+        trial.set_user_attr("trial_dir", f"{trial_root}/{trial.number}")
         return -((values["dropout"] - 0.2) ** 2) - (values["window"] - 300) ** 2 / 1e5
 
     study.optimize(objective, n_trials=n_trials)
@@ -164,6 +167,40 @@ def test_summary_states_and_best_trial(tmp_path: Path, config_path: Path, hyperp
     assert f"Best trial's output: /checkpoint/trials/{best.number}" in summary
     versions = r"Versions: hpc-tune \S+, edsnlp \S+, optuna \S+, torch \S+, confit \S+"
     assert re.search(versions, summary)
+
+
+def test_summary_states_cost_workers_data_and_command(
+    tmp_path: Path, config_path: Path, hyperparameters
+) -> None:
+    study = _quadratic_study(hyperparameters, 10, trial_root=str(tmp_path / "trials"))
+    best_dir = tmp_path / "trials" / f"{study.best_trial.number}"
+    (best_dir / "model-last").mkdir(parents=True)
+    context = dataclasses.replace(
+        CONTEXT,
+        gpus_per_trial=2,
+        allocated_gpu_hours=0.75,
+        workers="3 worker runs (slurm) on 2 hosts (gpu01, gpu02), in 3 Slurm job runs",
+        data={"train.train_data.data.path": "/data/train: sha256 ab12 (40 files)"},
+        train_command="cd /work && python -m edsnlp.train --config /results/config.yml",
+    )
+
+    write_report(study, tmp_path / "report", config_path, hyperparameters, context)
+
+    summary = (tmp_path / "report" / "result_summary.txt").read_text()
+    # 10 complete trials of 60 s, plus a pruned and a failed one that lasted no time.
+    assert (
+        "Trial time: 10 min 0 s, summed over 12 finished trials; median 1 min 0 s, max 1 min 0 s\n"
+        in summary
+    )
+    assert "GPU-hours: 0.333 in finished trials (2 per trial), 0.750 held by the workers" in summary
+    assert "Workers: 3 worker runs (slurm) on 2 hosts (gpu01, gpu02)" in summary
+    assert "Training data:\n  train.train_data.data.path: /data/train: sha256 ab12" in summary
+    assert f"Best trial's saved model: {best_dir / 'model-last'}\n" in summary
+    seed = study.best_trial.user_attrs["seed"]
+    assert (
+        "Train the best config from scratch: cd /work && python -m edsnlp.train --config "
+        f"/results/config.yml --train.seed {seed}\n"
+    ) in summary
 
 
 def test_summary_parses_like_edsnlp(tmp_path: Path, config_path: Path, hyperparameters) -> None:
