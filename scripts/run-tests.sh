@@ -35,6 +35,20 @@ if ! timeout 15 scontrol ping >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   fi
 fi
 
+# The report test opens the plots in headless Chromium; as root, install it when missing.
+if ! command -v chromium-headless-shell >/dev/null && ! command -v chromium >/dev/null \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  apt_log=/tmp/hpc-tune-chromium-apt.log
+  echo "run-tests: installing chromium-headless-shell (log in $apt_log)"
+  export DEBIAN_FRONTEND=noninteractive
+  timeout 600 apt-get install -y -qq --no-install-recommends chromium-headless-shell \
+      >"$apt_log" 2>&1 \
+    || { timeout 300 apt-get update -qq >>"$apt_log" 2>&1 \
+         && timeout 600 apt-get install -y -qq --no-install-recommends chromium-headless-shell \
+              >>"$apt_log" 2>&1; } \
+    || echo "run-tests: chromium-headless-shell could not be installed; see $apt_log"
+fi
+
 # Static checks first: they take seconds and catch what the tests would reach late.
 .venv/bin/ruff check tuner hpc tests benchmarks
 .venv/bin/mypy tuner hpc
