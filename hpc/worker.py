@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
-import shutil
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -20,28 +18,24 @@ from optuna.storages import RDBStorage
 
 from hpc import signals, tables
 from hpc.claims import Budget, Claim, StudyCounts, claim
-from hpc.db_retry import DatabaseUnavailable, describe, is_connection_error, with_retries
-from hpc.heartbeat import Heartbeat
+from hpc.db_retry import DatabaseUnavailable, with_retries
 from hpc.job_time import JobClock
-from hpc.log_context import LOG_CONTEXT, error_line, trial_context, worker_log_file
-from hpc.reaper import fail_and_retry, reap_earlier_runs, reap_stale_trials, silent_trials
+from hpc.log_context import LOG_CONTEXT, trial_context, worker_log_file
+from hpc.reaper import reap_earlier_runs, reap_stale_trials, silent_trials
 from hpc.storage import create_engine, hide_password, optuna_storage
 from hpc.sweep_state import SweepPaths
-from hpc.trial_host import TRIAL_LOG, HostDied, TrialHost, TrialOutcome
-from tuner.objectives import ObjectiveSpec, TrialRequest
+from hpc.trial_host import TrialHost
+from hpc.trial_run import SEED_MODULUS, run_trial
+from hpc.trial_start import SpaceExhausted, retry_own_orphans, start_trial
+from tuner.objectives import ObjectiveSpec
 from tuner.phases import phase_budget
 from tuner.pruners import build_pruner
-from tuner.report import MODEL_FOLDERS
-from tuner.space import Hyperparameter, suggest_values
+from tuner.space import Hyperparameter
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 END_RECORD_WINDOW_S = 30
-# Samples drawn in a row that all repeat earlier trials before the phase counts as exhausted.
-MAX_DUPLICATE_SAMPLES = 20
-PARAMS_KEY_ATTR = "params_key"
-SEED_MODULUS = 2**32
 
 
 @dataclass(frozen=True)
@@ -106,11 +100,6 @@ class WorkerSummary:
 def sampler_seed(sweep_seed: int, worker_id: int) -> int:
     """Seed of one worker's sampler: distinct per worker, reproducible per sweep seed."""
     return (sweep_seed * 1_000_003 + worker_id) % SEED_MODULUS
-
-
-def trial_seed(sweep_seed: int, trial_number: int) -> int:
-    """Training seed of one trial, as EDS-NLP derives it: sweep seed plus trial number."""
-    return (sweep_seed + trial_number) % SEED_MODULUS
 
 
 def run_worker(spec: WorkerSpec) -> WorkerSummary:
@@ -186,7 +175,7 @@ def _serve(
                 break
             loop.waited_s = 0.0
             with trial_context(result.started[0].number):
-                _run_one(study, result.started, host, spec, worker_id, stop, db, rdb)
+                run_trial(study, result.started, host, spec, worker_id, stop, db, rdb)
             trials += 1
         if stop.requested:
             logger.warning("Worker %d received %s.", worker_id, " then ".join(stop.names))
@@ -262,13 +251,13 @@ class _Loop:
         def claim_once() -> Claim[tuple[optuna.Trial, dict[str, Any]]]:
             if next(attempts):
                 # A claim cut by the outage may have left a trial started for this worker.
-                _retry_own_orphans(self.study, self.worker_id)
+                retry_own_orphans(self.study, self.worker_id)
             try:
                 return claim(
                     self.engine,
                     spec.study_name,
                     spec.budget,
-                    lambda: _ask(self.study, spec, self.rdb, self.worker_id, self.engine),
+                    lambda: start_trial(self.study, spec, self.rdb, self.worker_id, self.engine),
                     may_start=self._may_start,
                 )
             except SpaceExhausted as exhausted:
@@ -322,266 +311,6 @@ def _time_limit_reached(spec: WorkerSpec, reason: str, trials: int) -> str:
         return reason
     logger.warning("%s: this job stops here and requeues itself for a full time limit.", reason)
     return signals.requeue_job(spec.paths.jobs_dir, spec.job_id, spec.max_requeues, reason)
-
-
-def _retry_own_orphans(study: optuna.Study, worker_id: int) -> None:
-    """Queue again the RUNNING trials of this worker, which runs none while it claims."""
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if trial.user_attrs.get("worker") == worker_id:
-            fail_and_retry(
-                study,
-                trial,
-                "ClaimInterrupted: the database connection broke while the trial was claimed",
-                count_attempt=False,
-            )
-
-
-def _ask(
-    study: optuna.Study,
-    spec: WorkerSpec,
-    rdb: RDBStorage,
-    worker_id: int,
-    engine: sqlalchemy.Engine,
-) -> tuple[optuna.Trial, dict[str, Any]]:
-    """Start the next trial under the claim's lock, sampling again over duplicates.
-
-    TPE's random start-up samples ignore running trials, so on a small discrete space two
-    workers can draw the same values. A sample whose values already ran or run in this phase
-    is closed at once (FAIL with `duplicate_of`, left out of every count) and another is
-    drawn. Retries repeat their values on purpose and are exempt.
-
-    Raises:
-        SpaceExhausted: `MAX_DUPLICATE_SAMPLES` samples in a row were all duplicates.
-    """
-    for _ in range(MAX_DUPLICATE_SAMPLES):
-        trial = study.ask()
-        values = suggest_values(trial, spec.sampled_hyperparameters)
-        key = json.dumps(values, sort_keys=True, default=str)
-        enqueued = "fixed_params" in rdb.get_trial_system_attrs(trial._trial_id)
-        earlier = None if enqueued else duplicate_of(engine, spec.study_name, key)
-        if earlier is None:
-            break
-        trial.set_user_attr("duplicate_of", earlier)
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        logger.info("Sample %s repeats trial %d: drawing another.", _format_values(values), earlier)
-    else:
-        raise SpaceExhausted(
-            f"{tables.SPACE_EXHAUSTED}: {MAX_DUPLICATE_SAMPLES} samples in a row repeated "
-            "trials that already ran or run in this phase"
-        )
-    trial.set_user_attr(PARAMS_KEY_ATTR, key)
-    # The first heartbeat and the owner are written under the claim's lock, so no reaper
-    # ever finds this trial without them.
-    rdb.record_heartbeat(trial._trial_id)
-    trial.set_user_attr("worker", worker_id)
-    if spec.job_id:
-        trial.set_user_attr("job_id", spec.job_id)
-        # A requeued job keeps its id, so the restart count identifies the run that ran the trial.
-        trial.set_user_attr("restart_count", int(os.environ.get("SLURM_RESTART_COUNT", "0")))
-    return trial, values
-
-
-class SpaceExhausted(Exception):
-    """Every recent sample repeated a trial of the phase."""
-
-
-_DUPLICATE_SQL = sqlalchemy.text(
-    """
-    SELECT t.number
-    FROM trials t
-    JOIN studies s ON s.study_id = t.study_id
-    JOIN trial_user_attributes k
-        ON k.trial_id = t.trial_id AND k.key = :params_key AND k.value_json = :value
-    WHERE s.study_name = :study_name
-      AND t.state IN ('COMPLETE', 'PRUNED', 'RUNNING', 'FAIL')
-      AND NOT EXISTS (
-          SELECT 1 FROM trial_user_attributes r
-          WHERE r.trial_id = t.trial_id AND r.key IN ('retried_as', 'duplicate_of')
-      )
-    ORDER BY t.number
-    LIMIT 1
-    """
-)
-
-
-def duplicate_of(engine: sqlalchemy.Engine, study_name: str, key: str) -> int | None:
-    """Return the number of a trial of the phase that ran or runs these values, if any.
-
-    A failed trial queued to run again is not one: its retry carries the values.
-    """
-    with engine.connect() as connection:
-        return connection.execute(
-            _DUPLICATE_SQL,
-            {"params_key": PARAMS_KEY_ATTR, "value": json.dumps(key), "study_name": study_name},
-        ).scalar_one_or_none()
-
-
-def _run_one(
-    study: optuna.Study,
-    claimed: tuple[optuna.Trial, dict[str, Any]],
-    host: TrialHost,
-    spec: WorkerSpec,
-    worker_id: int,
-    stop: signals.StopRequest,
-    db: _Database,
-    rdb: RDBStorage,
-) -> None:
-    trial, values = claimed
-    trial_dir = spec.paths.trial_dir(trial.number)
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    # A retried trial carries the seed of the trial it repeats.
-    seed = trial.user_attrs.get("seed")
-    if seed is None:
-        seed = trial_seed(spec.seed, trial.number)
-    db.call(lambda: trial.set_user_attr("seed", seed), "record the trial's seed")
-    db.call(lambda: trial.set_user_attr("trial_dir", str(trial_dir)), "record the trial folder")
-    retry = ""
-    if "retry_of" in trial.user_attrs:
-        retry = (
-            f" (attempt {trial.user_attrs.get('attempt', 2)}, "
-            f"retry of trial {trial.user_attrs['retry_of']})"
-        )
-    logger.info(
-        "Trial %d started%s: %s",
-        trial.number,
-        retry,
-        _format_values(values),
-        extra={"trial": trial.number},
-    )
-
-    # Phase 2 trains every trial under the same frozen values of the other hyperparameters.
-    request = TrialRequest(
-        number=trial.number, values={**spec.frozen, **values}, seed=seed, trial_dir=str(trial_dir)
-    )
-    started = time.monotonic()
-    with Heartbeat(rdb, trial._trial_id, trial.number, spec.heartbeat_s):
-        try:
-            outcome = host.run(
-                request, lambda step, value: _report(trial, step, value), lambda: stop.requested
-            )
-        except HostDied as died:
-            outcome = TrialOutcome("failed", error=f"HostDied: {died}")
-    duration_s = time.monotonic() - started
-    db.call(
-        lambda: trial.set_user_attr("duration_s", round(duration_s, 3)),
-        "record the trial's duration",
-    )
-    if outcome.state == "interrupted":
-        why = f"Interrupted: the worker received {stop.name}"
-        db.call(
-            lambda: _unless_finished(
-                rdb, trial, lambda: fail_and_retry(study, trial, why, count_attempt=False)
-            ),
-            "queue the interrupted trial again",
-        )
-        _delete_model(spec, trial.number)
-        return
-    db.call(
-        lambda: _unless_finished(
-            rdb, trial, lambda: _record(study, trial, outcome, duration_s, spec.max_retries)
-        ),
-        f"record the end of trial {trial.number}",
-    )
-    complete = outcome.state == "complete"
-    db.call(
-        lambda: _keep_best_models(study, spec, trial.number, complete=complete),
-        "list the best trials",
-    )
-
-
-def _unless_finished(rdb: RDBStorage, trial: optuna.Trial, record: Callable[[], object]) -> None:
-    """Record a trial's end unless an attempt cut by an outage already did."""
-    if rdb.get_trial(trial._trial_id).state.is_finished():
-        return
-    record()
-
-
-def _report(trial: optuna.Trial, step: int, value: float) -> bool:
-    """Report a validation score; while the database is away, go on without pruning."""
-    try:
-        trial.report(value, step)
-        return trial.should_prune()
-    except Exception as error:
-        if not is_connection_error(error):
-            raise
-        logger.warning(
-            "Trial %d: score of step %d not recorded (%s); the trial goes on without pruning.",
-            trial.number,
-            step,
-            describe(error),
-        )
-        return False
-
-
-def _record(
-    study: optuna.Study,
-    trial: optuna.Trial,
-    outcome: TrialOutcome,
-    duration_s: float,
-    max_retries: int,
-) -> None:
-    if outcome.state == "complete":
-        study.tell(trial, outcome.value)
-        logger.info(
-            "Trial %d finished with value %s in %.1f s.",
-            trial.number,
-            outcome.value,
-            duration_s,
-            extra={"trial": trial.number},
-        )
-    elif outcome.state == "pruned":
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        logger.info(
-            "Trial %d pruned after %.1f s (last score %s).",
-            trial.number,
-            duration_s,
-            outcome.value,
-            extra={"trial": trial.number},
-        )
-    else:
-        log_path = Path(trial.user_attrs["trial_dir"]) / TRIAL_LOG
-        error = outcome.error or "UnknownError: the trial failed"
-        # Only the first line: the trial's `error` attribute and trial.log keep the rest.
-        logger.error(
-            "Trial %d failed after %.1f s: %s (log: %s)",
-            trial.number,
-            duration_s,
-            error_line(error),
-            log_path,
-            extra={"trial": trial.number},
-        )
-        fail_and_retry(study, trial, error, max_retries=max_retries)
-
-
-def _keep_best_models(study: optuna.Study, spec: WorkerSpec, number: int, complete: bool) -> None:
-    """Delete saved models of all trials but the `keep_models` best complete ones.
-
-    A trial that did not complete deletes its own model. A complete trial reads only the
-    complete trials, and deletes the models of those outside the best `keep_models`: pruned
-    and failed trials were handled when they ended, so they are not listed again.
-    """
-    if not complete:
-        _delete_model(spec, number)
-        return
-    ranked = sorted(
-        study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
-        key=lambda t: t.value,  # type: ignore[arg-type, return-value]
-        reverse=True,
-    )
-    for frozen in ranked[spec.keep_models :]:
-        _delete_model(spec, frozen.number)
-
-
-def _delete_model(spec: WorkerSpec, number: int) -> None:
-    for name in MODEL_FOLDERS:
-        folder = spec.paths.trial_dir(number) / name
-        if folder.is_dir():
-            shutil.rmtree(folder, ignore_errors=True)
-            logger.debug("Deleted the model of trial %d: %s", number, folder)
-
-
-def _format_values(values: dict[str, Any]) -> str:
-    return ", ".join(f"{name}={value!r}" for name, value in values.items())
 
 
 def spec_from_state(state: dict[str, Any], paths: SweepPaths, job_id: str | None) -> WorkerSpec:

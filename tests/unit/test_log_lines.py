@@ -23,7 +23,7 @@ from hpc.log_context import (
 from hpc.reaper import fail_and_retry
 from hpc.trial_host import TrialOutcome
 from hpc.trial_logs import worker_lines
-from hpc.worker import _record
+from hpc.trial_run import record_outcome as _record
 
 # The documented shape: timestamp, level, four key=value fields, logger name, message.
 LINE = re.compile(
