@@ -14,6 +14,7 @@ from pathlib import Path
 from hpc import scheduler, tables
 from hpc.coordinator import LOCK_FILE
 from hpc.finalize import live_jobs, reap_ended_jobs
+from hpc.hints import hpc_command
 from hpc.storage import create_engine
 from hpc.sweep import (
     Storage,
@@ -59,7 +60,7 @@ def cancel(config_path: Path, storage_url: str | None) -> int:
     print(f"Sweep {sweep.name} cancelled: {stopped}.")
     if reaped:
         print(f"{reaped} running trials were queued to run again when the sweep continues.")
-    print(f"Continue: make sweep CONFIG={sweep.loaded.path}")
+    print(f"Continue: {hpc_command('sweep', sweep)}")
     return 0
 
 

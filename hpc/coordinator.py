@@ -17,6 +17,8 @@ import sqlalchemy
 
 from hpc import local_workers, scheduler, slurm_executor, tables
 from hpc.claims import Budget, budget_left, count_trials
+from hpc.hints import hpc_command
+from hpc.log_context import REAPER_LOG, log_file
 from hpc.reaper import reap_lost_trials, reap_sweep
 from hpc.storage import check_jobs_can_authenticate, create_engine, hide_password, optuna_storage
 from hpc.sweep import (
@@ -126,22 +128,31 @@ def _run_round(
         local_workers.follow(sweep, storage, jobs)
     except KeyboardInterrupt:
         _end_local_workers(engine, sweep)
-        reaped = reap_lost_trials(
-            engine,
-            study,
-            sweep.name,
-            max_retries=sweep.settings.max_retries,
-            stopped_by_user=True,
-        )
+        with log_file(sweep.paths.jobs_dir / REAPER_LOG):
+            reap_lost_trials(
+                engine,
+                study,
+                sweep.name,
+                max_retries=sweep.settings.max_retries,
+                stopped_by_user=True,
+            )
+        # Stopped workers queue their own trials again; the reaper queues those of killed ones.
+        with engine.connect() as connection:
+            waiting = count_trials(connection, sweep.study_name).waiting
         print(
-            f"Interrupted: workers stopped, {reaped} running trials will run again first. "
-            f"Continue with: make sweep CONFIG={sweep.loaded.path}",
+            f"Interrupted: workers stopped, {_count(waiting, 'trial')} queued to run again "
+            f"first. Continue with: {hpc_command('sweep', sweep)}",
             flush=True,
         )
         raise
-    reaped = reap_lost_trials(engine, study, sweep.name, max_retries=sweep.settings.max_retries)
+    with log_file(sweep.paths.jobs_dir / REAPER_LOG):
+        reaped = reap_lost_trials(engine, study, sweep.name, max_retries=sweep.settings.max_retries)
     if reaped:
         logger.warning("%d trials were left running by workers that ended.", reaped)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _end_local_workers(engine: sqlalchemy.Engine, sweep: Sweep) -> None:
@@ -246,7 +257,7 @@ def _submit_to_slurm(sweep: Sweep, request: SweepRequest, preflight_done: bool) 
     if active:
         print(f"Sweep {sweep.name} is running: jobs {', '.join(active)} are queued or running.")
         print("Nothing submitted: the running jobs go on with the same study and budget.")
-        print(f"Follow:   make status CONFIG={sweep.loaded.path}")
+        print(f"Follow:   {hpc_command('status', sweep)}")
         print(f"More:     sbatch {slurm_executor.sbatch_dir(sweep) / 'worker.sbatch'}")
         return 0
     _clear_cancel(sweep)

@@ -73,7 +73,7 @@ def with_retries(
                     f"The database at {where} did not respond for {window_s:.0f} s while the "
                     f"worker tried to {what}: {describe(error)}. Check that the server runs "
                     "and accepts connections from this node (pg_hba.conf, max_connections), "
-                    "then resubmit with 'make resubmit'."
+                    "then run 'python -m hpc resubmit --config CONFIG' on the login node."
                 ) from error
             if attempt == 1:
                 logger.warning(

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from hpc import scheduler, slurm_executor, tables
 from hpc.claims import advisory_key, budget_left
 from hpc.coordinator import budget_of, write_final_report
+from hpc.hints import hpc_command
 from hpc.reaper import reap_sweep
 from hpc.storage import create_engine, optuna_storage
 from hpc.sweep import (
@@ -66,10 +67,9 @@ def _supervise(sweep: Sweep, storage: Storage) -> bool:
     other_finalize = [job for job in live.finalize if job != own]
     if state.get("cancel"):
         logger.warning(
-            "The sweep was cancelled (%s): nothing is resubmitted. Continue it with "
-            "'make sweep CONFIG=%s'.",
+            "The sweep was cancelled (%s): nothing is resubmitted. Continue it with '%s'.",
             state["cancel"].get("requested_at", "time unknown"),
-            sweep.loaded.path,
+            hpc_command("sweep", sweep),
         )
         _report_if_possible(sweep, storage)
         return not live.workers
@@ -123,12 +123,12 @@ def _resubmit_dead_workers(sweep: Sweep, storage: Storage, finished: int) -> boo
         logger.error(
             "Budget left (%d trials finished) but no worker runs, and the workers were "
             "resubmitted %d times already (hpc.max_resubmits=%d). Read the workers' logs in %s, "
-            "fix the cause, then run 'make resubmit CONFIG=%s'.",
+            "fix the cause, then run '%s'.",
             finished,
             done,
             limit,
             sweep.paths.jobs_dir / "slurm",
-            sweep.loaded.path,
+            hpc_command("resubmit", sweep),
         )
         _report_if_possible(sweep, storage)
         return True
@@ -227,6 +227,11 @@ def resubmit(config_path: Path, storage_url: str | None) -> int:
     sweep = load_sweep(request, use_recorded_overrides=True)
     if sweep.state is None:
         raise HpcTuneError(f"No sweep found in {sweep.paths.root}: start it with 'make sweep'.")
+    if sweep.state.get("executor") != "slurm":
+        raise HpcTuneError(
+            f"Sweep {sweep.name} runs local workers: resubmit is for Slurm sweeps. Continue it "
+            f"with '{hpc_command('sweep', sweep)}'."
+        )
     if not scheduler.controller_answers():
         raise HpcTuneError(
             "No Slurm controller responds to 'scontrol ping' from this machine: run resubmit on a "
@@ -242,7 +247,10 @@ def resubmit(config_path: Path, storage_url: str | None) -> int:
     finally:
         close_storage(storage)
     if reason is not None:
-        print(f"Nothing left to run: {reason}. Rebuild the report with 'make report'.")
+        print(
+            f"Nothing left to run: {reason}. Rebuild the report with "
+            f"'{hpc_command('report', sweep)}'."
+        )
         return 0
     submission = slurm_executor.submit(sweep)
     slurm_executor.print_submission(sweep, submission)

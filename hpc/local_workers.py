@@ -152,6 +152,8 @@ def progress_line(
     )
     if counts.waiting:
         line += f", waiting {counts.waiting}"
+    if counts.retried:
+        line += f", retried {counts.retried}"
     return line
 
 

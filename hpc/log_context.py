@@ -31,6 +31,8 @@ HEADER_FORMAT = (
 )
 LOG_FORMAT = HEADER_FORMAT + " %(message)s"
 WORKER_LOG_DIR = "workers"
+# Reaping by the finalize job, the coordinator, `status` and `cancel`, for `logs --trial N`.
+REAPER_LOG = "reaper.log"
 LOG_FILE_MODE = 0o600
 MAX_ERROR_LINE_CHARS = 300
 CUT_MARK = " [...]"
@@ -88,7 +90,13 @@ def worker_log_file(jobs_dir: Path, worker_id: int) -> Iterator[Path]:
     """
     folder = jobs_dir / WORKER_LOG_DIR
     make_private_dir(folder)
-    path = folder / f"worker-{worker_id:04d}.log"
+    with log_file(folder / f"worker-{worker_id:04d}.log") as path:
+        yield path
+
+
+@contextmanager
+def log_file(path: Path) -> Iterator[Path]:
+    """Copy this process's log lines to `path` (appended to, mode 0600) inside the block."""
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, LOG_FILE_MODE))
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setFormatter(LogLineFormatter())

@@ -27,7 +27,7 @@ import sqlalchemy
 from sqlalchemy import text
 
 from hpc import tables
-from hpc.log_context import error_line
+from hpc.log_context import REAPER_LOG, error_line, log_file
 from tuner import retry_policy
 from tuner.retry_policy import RETRIED_ATTR
 
@@ -340,15 +340,20 @@ def reap_all(
 def reap_sweep(
     engine: sqlalchemy.Engine, study: optuna.Study, sweep: Sweep, jobs_ended: bool = False
 ) -> int:
-    """Run `reap_all` with the sweep's grace period and retry limit."""
-    return reap_all(
-        engine,
-        study,
-        sweep.name,
-        grace_s=sweep.settings.heartbeat_grace_s,
-        max_retries=sweep.settings.max_retries,
-        jobs_ended=jobs_ended,
-    )
+    """Run `reap_all` with the sweep's grace period and retry limit.
+
+    Its lines also go to `checkpoint_dir/jobs/reaper.log`, so that `logs --trial N` finds why
+    a trial was failed and queued again, whichever command reaped it.
+    """
+    with log_file(sweep.paths.jobs_dir / REAPER_LOG):
+        return reap_all(
+            engine,
+            study,
+            sweep.name,
+            grace_s=sweep.settings.heartbeat_grace_s,
+            max_retries=sweep.settings.max_retries,
+            jobs_ended=jobs_ended,
+        )
 
 
 def reap_earlier_runs(

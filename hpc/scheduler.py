@@ -8,6 +8,7 @@ here.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -240,7 +241,12 @@ def job_overview(
     if note is not None:
         note += ": jobs that ended more than MinJobAge ago (300 s by default) are not listed"
     seen = {job.display_id for job in active}
-    ended = [job for job in records if not job.active and job.display_id not in seen]
+    # sacct keeps the last pending reason (`Dependency`) of an ended job: drop it.
+    ended = [
+        dataclasses.replace(job, reason=None)
+        for job in records
+        if not job.active and job.display_id not in seen
+    ]
     return active + ended, note
 
 

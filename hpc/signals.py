@@ -105,7 +105,7 @@ def requeue_job(jobs_dir: Path, job_id: str | None, max_requeues: int, why: str)
     if state.requeues >= max_requeues:
         logger.error(
             "Job %s would requeue %s but was requeued %d times already (hpc.max_requeues=%d): "
-            "not requeued. Resubmit with 'make resubmit'.",
+            "not requeued. Run 'python -m hpc resubmit --config CONFIG' on the login node.",
             job_id,
             why,
             state.requeues,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpc import scheduler, templates
+from hpc.hints import hpc_command
 from hpc.log_context import WORKER_LOG_DIR
 from hpc.slurm_settings import SlurmSettings, derived_time_min
 from hpc.sweep import Sweep
@@ -147,13 +148,13 @@ def reject_if_jobs_active(sweep: Sweep) -> None:
     if active:
         raise HpcTuneError(
             f"Sweep {sweep.name} still has jobs queued or running ({', '.join(active)}). Follow "
-            f"them with 'make status CONFIG={sweep.loaded.path}', add workers with 'sbatch "
-            f"{sbatch_dir(sweep) / WORKER_SCRIPT}', or cancel them with 'make cancel' first."
+            f"them with '{hpc_command('status', sweep)}', add workers with 'sbatch "
+            f"{sbatch_dir(sweep) / WORKER_SCRIPT}', or cancel them with "
+            f"'{hpc_command('cancel', sweep)}' first."
         )
 
 
 def print_submission(sweep: Sweep, submission: Submission) -> None:
-    config = sweep.loaded.path
     print(f"Sweep {sweep.name}: submitted to Slurm.")
     tasks = "1 task" if sweep.settings.workers == 1 else f"{sweep.settings.workers} tasks"
     print(f"  workers:  array job {submission.array_job_id} ({tasks})")
@@ -163,7 +164,7 @@ def print_submission(sweep: Sweep, submission: Submission) -> None:
         f"  scripts:  {sbatch_dir(sweep)} (sbatch worker.sbatch adds {sweep.settings.workers} "
         "more workers)"
     )
-    print(f"Follow:   make status CONFIG={config}   or   squeue -u $USER")
+    print(f"Follow:   {hpc_command('status', sweep)}")
     print(
         f"Cancel:   scancel {submission.finalize_job_id} {submission.array_job_id} "
         "(the finalize job first)"

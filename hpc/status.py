@@ -22,6 +22,7 @@ import optuna
 from hpc import scheduler, tables
 from hpc.claims import StudyCounts, budget_left
 from hpc.coordinator import budget_of
+from hpc.hints import hpc_command
 from hpc.reaper import reap_sweep, silent_trials
 from hpc.scheduler import JobState, SchedulerError
 from hpc.status_screen import render_status
@@ -48,13 +49,13 @@ HELD_HINTS = {
         "release it: scontrol release {job}"
     ),
     "JobHeldUser": "held by a user: scontrol release {job}",
-    "JobHeldAdmin": "held by an administrator: ask them to release it",
+    "JobHeldAdmin": "held by an administrator: ask them to run scontrol release {job}",
     "DependencyNeverSatisfied": (
-        "its dependency can no longer be met: scancel {job}, then 'make sweep' continues"
+        "its dependency can no longer be met: scancel {job}, then run the sweep command again"
     ),
     "PartitionTimeLimit": (
         "its time limit exceeds the partition's: lower hpc.slurm.time_min, then "
-        "'scancel {job}' and 'make sweep'"
+        "'scancel {job}' and run the sweep command again"
     ),
     "BadConstraints": "no node can satisfy it: check hpc.slurm against 'sinfo'",
 }
@@ -101,8 +102,12 @@ def print_status(
             # Read sweep.json again: the phase, submissions and cancel change during a sweep.
             sweep = load_started_sweep(request)
             data = collect_status(sweep, storage)
-            text = json.dumps(data, indent=2) if as_json else render_status(data)
-            if watch_s is not None and sys.stdout.isatty():
+            if as_json:
+                # Watching prints JSON Lines: one document per line, one line per refresh.
+                text = json.dumps(data) if watch_s is not None else json.dumps(data, indent=2)
+            else:
+                text = render_status(data)
+            if watch_s is not None and not as_json and sys.stdout.isatty():
                 print("\033[H\033[2J", end="")
             print(text, flush=True)
             if watch_s is None:
@@ -136,12 +141,13 @@ def collect_status(sweep: Sweep, storage: Storage, reap: bool = True) -> dict[st
     state = sweep.state or {}
     budget = _budget(sweep, counts, _worker_count(counts, jobs))
     best = _best(sweep, rdb)
+    sweep_state = _sweep_state(sweep, counts, jobs, budget, exhausted)
     return {
         "schema_version": SCHEMA_VERSION,
         "time": datetime.now().astimezone().isoformat(timespec="seconds"),
         "sweep": {
             "name": sweep.name,
-            "state": _sweep_state(sweep, counts, jobs, budget, exhausted),
+            "state": sweep_state,
             "executor": state.get("executor", "local"),
             "study": sweep.study_name,
             "storage": hide_password(storage.url),
@@ -174,7 +180,23 @@ def collect_status(sweep: Sweep, storage: Storage, reap: bool = True) -> dict[st
             ],
             "grace_s": sweep.settings.heartbeat_grace_s,
         },
+        "next": _next_step(sweep, sweep_state),
     }
+
+
+def _next_step(sweep: Sweep, sweep_state: str) -> str | None:
+    """Return the command that continues a cancelled or stopped sweep, or None."""
+    if sweep_state not in ("cancelled", "stopped"):
+        return None
+    command = hpc_command("sweep", sweep)
+    if sweep_state == "cancelled":
+        return f"{command}  (continues the sweep with the budget left)"
+    if (sweep.state or {}).get("executor") == "slurm":
+        return (
+            f"{command}  (no job runs and budget is left; "
+            f"{hpc_command('resubmit', sweep)} submits workers without the config checks)"
+        )
+    return f"{command}  (no worker runs and budget is left)"
 
 
 def _jobs(sweep: Sweep, engine: Any) -> tuple[list[JobLine], str | None]:
@@ -214,7 +236,7 @@ def _task_key(task: str | None) -> tuple[int, str]:
 
 
 def _worker_count(counts: StudyCounts, jobs: list[JobLine]) -> int:
-    """How many workers run now: running trials, or running worker jobs if more."""
+    """Count the workers running now: running trials, or running worker jobs if more."""
     running_jobs = sum(
         1
         for line in jobs
@@ -262,7 +284,7 @@ def _budget(sweep: Sweep, counts: StudyCounts, workers: int) -> dict[str, Any]:
 
 
 def _best(sweep: Sweep, rdb: optuna.storages.RDBStorage) -> dict[str, Any] | None:
-    """The best complete trial over the sweep's phases, with its user-facing values.
+    """Return the best complete trial over the sweep's phases, with its user-facing values.
 
     Phase 1's best stays the sweep's best when phase 2 does not beat it.
     """
@@ -296,14 +318,17 @@ def _plain(value: Any) -> Any:
 def _sweep_state(
     sweep: Sweep, counts: StudyCounts, jobs: list[JobLine], budget: dict[str, Any], exhausted: bool
 ) -> str:
-    """Return one word for the sweep: cancelled, running, queued, finished or stopped."""
-    if (sweep.state or {}).get("cancel"):
-        return "cancelled"
+    """Return one word for the sweep: running, queued, finishing, finished, cancelled, stopped."""
+    done = (budget["spent"] is not None and not budget["left"]) or exhausted
     active = [line for line in jobs if line.job.active]
     if counts.running or any(line.job.state == "RUNNING" for line in active):
         return "running"
+    if active and all(line.role == "finalize" for line in active):
+        return "finishing" if done else "queued"
     if active:
         return "queued"
-    if budget["spent"] is not None or exhausted:
+    if done:
         return "finished"
+    if (sweep.state or {}).get("cancel"):
+        return "cancelled"
     return "stopped"

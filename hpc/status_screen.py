@@ -28,17 +28,18 @@ def render_status(data: dict[str, Any]) -> str:
             f"Best:     {', '.join(best['metric'])} = {best['value']:.6g} "
             f"(trial {best['trial']}, phase {best['phase']})"
         )
-        lines.extend(f"          {key}: {value}" for key, value in best["params"].items())
+        lines.extend(f"          {key}: {_value(value)}" for key, value in best["params"].items())
     lines.append(f"Budget:   {_budget_text(data['budget'])}")
     lines.extend(_jobs_text(data["jobs"], data["jobs_note"], sweep["executor"]))
     lines.extend(_stale_text(data["stale"]))
-    if sweep["state"] == "cancelled":
-        lines.append("Next:     'make sweep' continues the sweep with the budget left")
-    elif sweep["state"] == "stopped":
-        lines.append(
-            "Next:     no job runs and budget is left: 'make sweep' or 'make resubmit' goes on"
-        )
+    if data["next"]:
+        lines.append(f"Next:     {data['next']}")
     return "\n".join(lines)
+
+
+def _value(value: Any) -> str:
+    """Six significant digits for floats (full precision is in --json and the report)."""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def _budget_text(budget: dict[str, Any]) -> str:

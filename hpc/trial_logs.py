@@ -36,8 +36,11 @@ def print_trial_logs(config_path: Path, number: int) -> int:
     for line in lines:
         print(line)
     print(f"== {trial_log}")
-    if trial_log.is_file():
-        print(trial_log.read_text(errors="replace"), end="")
+    text = trial_log.read_text(errors="replace") if trial_log.is_file() else None
+    if text:
+        print(text, end="")
+    elif text is not None:
+        print("(empty: the trial's process wrote nothing)")
     else:
         print("(no trial.log: the trial's process did not start)")
     return 0

@@ -196,7 +196,8 @@ def _serve(
             logger.error("Worker %d: its end was not recorded: %s", worker_id, error)
         finally:
             engine.dispose()
-    logger.info("Worker %d stopped after %d trials: %s.", worker_id, trials, reason)
+    noun = "trial" if trials == 1 else "trials"
+    logger.info("Worker %d stopped after %d %s: %s.", worker_id, trials, noun, reason)
     return WorkerSummary(worker_id=worker_id, trials=trials, reason=reason)
 
 
@@ -305,7 +306,7 @@ def _time_limit_reached(spec: WorkerSpec, reason: str, trials: int) -> str:
     if trials == 0:
         logger.error(
             "No trial fits in this job: %s. Raise hpc.slurm.time_min (or lower "
-            "hpc.slurm.signal_lead_s) and run 'make resubmit'.",
+            "hpc.slurm.signal_lead_s) and run 'python -m hpc resubmit --config CONFIG'.",
             reason,
         )
         return reason

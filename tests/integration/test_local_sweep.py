@@ -268,9 +268,17 @@ def test_interrupted_sweep_resumes(tmp_path: Path, database_url: str) -> None:
     os.killpg(sweep.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
     stdout, _ = sweep.communicate(timeout=120)
     assert sweep.returncode == 130
-    assert "Continue with: make sweep CONFIG=" in stdout
     states = [t.state for t in load_trials(database_url)]
     assert optuna.trial.TrialState.RUNNING not in states
+    # The count names the trials queued again, whoever queued them (worker or reaper).
+    waiting = states.count(optuna.trial.TrialState.WAITING)
+    assert waiting >= 1
+    noun = "trial" if waiting == 1 else "trials"
+    assert f"Interrupted: workers stopped, {waiting} {noun} queued to run again first." in stdout
+    assert f"Continue with: cd {tmp_path} && {sys.executable} -m hpc sweep --config " in stdout
+    resubmit = run_hpc("resubmit", "--config", "config.yml", cwd=tmp_path)
+    assert resubmit.returncode == 2
+    assert "runs local workers: resubmit is for Slurm sweeps" in resubmit.stderr
 
     again = run_hpc("sweep", "--config", "config.yml", "--storage", database_url, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -139,7 +139,8 @@ def test_status_of_queued_then_cancelled_sweep(tmp_path: Path, database_url: str
     assert data["trials"]["running"] == 0
     text = status_text(tmp_path)
     assert "cancelled (cancelled at " in text
-    assert "'make sweep' continues the sweep" in text
+    assert f"Next:     cd {tmp_path} && {sys.executable} -m hpc sweep --config " in text
+    assert "(continues the sweep with the budget left)" in text
 
 
 @pytest.mark.slow
@@ -198,6 +199,11 @@ def test_status_of_running_sweep_with_stale_trial_then_finished(
     assert data["stale"]["reaped"] == 1
     assert data["trials"]["retried"] == 1
     assert not data["stale"]["silent"]
+    # Why the trial was queued again is in the logs, though `status` reaped it.
+    logs = run_hpc("logs", "--config", "config.yml", "--trial", "4", cwd=tmp_path)
+    assert logs.returncode == 0, logs.stderr[-3000:]
+    assert "Trial 4 queued again as attempt 2" in logs.stdout
+    assert "Error: WorkerLost: " in logs.stdout
 
     wait_for_sweep_jobs(tmp_path / "checkpoint")
     data = status_json(tmp_path)

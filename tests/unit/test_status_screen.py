@@ -77,6 +77,7 @@ RUNNING: dict[str, Any] = {
         "silent": [{"trial": 15, "job": "41_2", "silent_s": 420}],
         "grace_s": 300,
     },
+    "next": None,
 }
 
 
@@ -124,7 +125,7 @@ def test_held_group_gets_one_release_command() -> None:
     ("state", "reason", "expected"),
     [
         ("PENDING", "launch failed requeued held", "scontrol release 7_1"),
-        ("PENDING", "JobHeldAdmin", "ask them to release it"),
+        ("PENDING", "JobHeldAdmin", "ask them to run scontrol release 7_1"),
         ("REQUEUE_HOLD", None, "scontrol release 7_1"),
         ("PENDING", "DependencyNeverSatisfied", "scancel 7_1"),
         ("PENDING", "Resources", None),
@@ -163,11 +164,14 @@ def test_finished_and_stopped_screens() -> None:
     stopped["sweep"]["state"] = "stopped"
     stopped["budget"].update(used=12, left=8, spent=None)
     stopped["jobs_note"] = "Slurm did not answer: 'squeue' timed out"
+    stopped["next"] = (
+        "cd /work && python -m hpc sweep --config c.yml  (no job runs and budget is left)"
+    )
     jsonschema.validate(stopped, SCHEMA)
     text = render_status(stopped)
     assert "12 of 20 trials finished, 8 left; no worker runs now" in text
     assert "(Slurm did not answer: 'squeue' timed out)" in text
-    assert "'make sweep' or 'make resubmit' goes on" in text
+    assert "Next:     cd /work && python -m hpc sweep --config c.yml  (no job runs" in text
 
 
 def test_schema_rejects_missing_key() -> None:
