@@ -9,6 +9,7 @@ CONFIG ?= examples/quaero/config.yml
 WORKERS ?=
 ARGS ?=
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 TINY_BERT := examples/quaero/models/tiny-bert
 STAMP := $(VENV)/.installed
 
@@ -16,7 +17,7 @@ VENV_PYTHON := $(VENV)/bin/python
 HPC := $(VENV_PYTHON) -m hpc
 WORKERS_FLAG := $(if $(WORKERS),--workers $(WORKERS),)
 
-.PHONY: install sweep status report resubmit cancel test lint model clean-example pretrained-model \
+.PHONY: install sweep status report resubmit cancel test bench lint model clean-example pretrained-model \
 	slurm-start slurm-stop
 
 install: $(STAMP)
@@ -59,6 +60,10 @@ slurm-stop:
 
 test: install
 	bash scripts/run-tests.sh $(PYTEST_ARGS)
+
+# Benchmarks (docs/benchmarks.md): BENCH_ARGS="--workers 1 4 16 32" adds 32 workers.
+bench: install
+	bash scripts/bench.sh $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check tuner hpc tests
