@@ -1,8 +1,8 @@
 """Scheduling efficiency of hpc-tune's workers beside plain Optuna workers and a batch loop.
 
-Every mode runs the same trial durations (lognormal, median 2 s, sigma 0.6, clipped to 0.5 to
-10 s, drawn once from `--seed`; trial number i sleeps durations[i]) against one PostgreSQL,
-with `--per-worker` trials per worker as the target:
+Every mode runs the same trial durations against one PostgreSQL, with `--per-worker` trials
+per worker as the target. The durations are lognormal (median 2 s, sigma 0.6, clipped to 0.5
+to 10 s) and drawn once from `--seed`, so trial number i sleeps durations[i] in every mode:
 
 - `hpc`: `python -m hpc sweep` on the local executor with the synthetic plug-in: atomic
   claims, heartbeats, duplicate checks, one child process per trial.
@@ -220,7 +220,7 @@ def _run_optuna(
 
 
 def optuna_worker(url: str, name: str, target: int, times_file: str, out: str) -> None:
-    """One plain Optuna process: TPE with constant liar, stop rule of MaxTrialsCallback."""
+    """Run one plain Optuna process: TPE with constant liar, stop rule of MaxTrialsCallback."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     times = json.loads(Path(times_file).read_text())
     study = optuna.load_study(

@@ -232,7 +232,7 @@ def _report(args: argparse.Namespace) -> int:
     finally:
         close_storage(storage)
     print(f"Report: {report_dir}")
-    # The summary says which trials it covers; a report rebuilt mid-sweep covers those so far.
+    # A report rebuilt mid-sweep covers the trials so far, so print the summary's coverage lines.
     summary = (report_dir / SUMMARY_NAME).read_text(encoding="utf-8").splitlines()
     for line in summary:
         if line.startswith(("Trials covered:", "Time span:")):

@@ -17,7 +17,7 @@ import sqlalchemy
 
 from hpc import local_workers, scheduler, slurm_executor, tables
 from hpc.claims import Budget, budget_left, count_trials
-from hpc.hints import hpc_command
+from hpc.hints import hpc_command, plural
 from hpc.log_context import REAPER_LOG, log_file
 from hpc.reaper import reap_lost_trials, reap_sweep
 from hpc.storage import check_jobs_can_authenticate, create_engine, hide_password, optuna_storage
@@ -140,7 +140,7 @@ def _run_round(
         with engine.connect() as connection:
             waiting = count_trials(connection, sweep.study_name).waiting
         print(
-            f"Interrupted: workers stopped, {_count(waiting, 'trial')} queued to run again "
+            f"Interrupted: workers stopped, {plural(waiting, 'trial')} queued to run again "
             f"first. Continue with: {hpc_command('sweep', sweep)}",
             flush=True,
         )
@@ -149,10 +149,6 @@ def _run_round(
         reaped = reap_lost_trials(engine, study, sweep.name, max_retries=sweep.settings.max_retries)
     if reaped:
         logger.warning("%d trials were left running by workers that ended.", reaped)
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _end_local_workers(engine: sqlalchemy.Engine, sweep: Sweep) -> None:

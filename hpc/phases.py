@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 
 from hpc import tables
+from hpc.hints import plural
 from hpc.storage import create_engine, optuna_storage
 from hpc.sweep import Storage, Sweep, SweepRequest, load_sweep
 from hpc.sweep_state import read_sweep_state, study_name, write_json_atomic
@@ -53,11 +54,11 @@ def report_context(sweep: Sweep, storage: Storage, n_trials: int | None) -> Repo
     executor = state.get("executor", "local")
     gpus_per_worker = sweep.gpus_per_trial
     workers = (
-        f"{_count(usage.workers, 'worker run')} ({executor}) on "
-        f"{_count(len(usage.hosts), 'host')} ({', '.join(usage.hosts)})"
+        f"{plural(usage.workers, 'worker run')} ({executor}) on "
+        f"{plural(len(usage.hosts), 'host')} ({', '.join(usage.hosts)})"
     )
     if executor == "slurm":
-        workers += f", in {_count(usage.jobs, 'Slurm job run')}"
+        workers += f", in {plural(usage.jobs, 'Slurm job run')}"
     train_command = None
     if sweep.settings.objective == "edsnlp":
         config = report_dir(sweep) / "config.yml"
@@ -79,10 +80,6 @@ def report_context(sweep: Sweep, storage: Storage, n_trials: int | None) -> Repo
         train_command=train_command,
         seed_path=tuning.seed_path,
     )
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def promote(sweep: Sweep, storage: Storage, n_trials: int | None) -> tuple[PhasePlan, Sweep]:

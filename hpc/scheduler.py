@@ -220,7 +220,7 @@ def job_overview(
 
     Active jobs come from squeue, one record per array task with the controller's current
     reason; ended ones from sacct. Without sacct (not installed, or accounting disabled),
-    squeue lists ended jobs for MinJobAge only (300 s by default), and the note says so.
+    squeue lists ended jobs for MinJobAge only (300 s by default), and the note states it.
 
     Raises:
         SchedulerError: squeue failed, for instance because the controller does not respond.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hpc.hints import plural
+
 
 def render_status(data: dict[str, Any]) -> str:
     """Render `collect_status`'s data as one screen of text."""
@@ -57,7 +59,7 @@ def _budget_text(budget: dict[str, Any]) -> str:
     if budget["eta_s"] is not None:
         text += (
             f"; about {_duration(budget['eta_s'])} to go with "
-            f"{_count(budget['workers'], 'worker')} (mean trial "
+            f"{plural(budget['workers'], 'worker')} (mean trial "
             f"{_duration(budget['mean_trial_s'])})"
         )
     elif not budget["workers"]:
@@ -114,7 +116,7 @@ def _stale_text(stale: dict[str, Any]) -> list[str]:
     lines = []
     if stale["reaped"]:
         lines.append(
-            f"Reaped:   {_count(stale['reaped'], 'stale trial')} of ended jobs or processes, "
+            f"Reaped:   {plural(stale['reaped'], 'stale trial')} of ended jobs or processes, "
             "queued to run again"
         )
     for trial in stale["silent"]:
@@ -125,10 +127,6 @@ def _stale_text(stale: dict[str, Any]) -> list[str]:
             "database for a while)"
         )
     return lines
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _duration(seconds: float | None) -> str:

@@ -49,7 +49,7 @@ def print_trial_logs(config_path: Path, number: int) -> int:
 def worker_lines(jobs_dir: Path, number: int) -> list[str]:
     """Return the log lines under `jobs_dir` that name trial `number`, in time order.
 
-    A line names the trial by its `trial=N` field or by the words `Trial N`; the start line
+    A line names the trial by its `trial=N` field or by the words `Trial N`. The start line
     of a retry of the trial (`retry of trial N`) is included too. A line found in
     several files (a worker's own log and its standard error) is returned once, but a line
     that one file repeats is kept as often as that file has it.

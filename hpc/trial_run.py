@@ -1,6 +1,6 @@
 """One trial in a worker: run it in the trial host, then record its end and tidy its models.
 
-`hpc.worker` claims the trial and calls `run_trial`; every database call goes through the
+`hpc.worker` claims the trial and calls `run_trial`. Every database call goes through the
 worker's retrying `_Database`, so a short outage delays the record instead of losing it.
 """
 

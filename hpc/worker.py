@@ -19,6 +19,7 @@ from optuna.storages import RDBStorage
 from hpc import signals, tables
 from hpc.claims import Budget, Claim, StudyCounts, claim
 from hpc.db_retry import DatabaseUnavailable, with_retries
+from hpc.hints import plural
 from hpc.job_time import JobClock
 from hpc.log_context import LOG_CONTEXT, trial_context, worker_log_file
 from hpc.reaper import reap_earlier_runs, reap_stale_trials, silent_trials
@@ -196,8 +197,7 @@ def _serve(
             logger.error("Worker %d: its end was not recorded: %s", worker_id, error)
         finally:
             engine.dispose()
-    noun = "trial" if trials == 1 else "trials"
-    logger.info("Worker %d stopped after %d %s: %s.", worker_id, trials, noun, reason)
+    logger.info("Worker %d stopped after %s: %s.", worker_id, plural(trials, "trial"), reason)
     return WorkerSummary(worker_id=worker_id, trials=trials, reason=reason)
 
 

@@ -270,7 +270,7 @@ def test_interrupted_sweep_resumes(tmp_path: Path, database_url: str) -> None:
     assert sweep.returncode == 130
     states = [t.state for t in load_trials(database_url)]
     assert optuna.trial.TrialState.RUNNING not in states
-    # The count names the trials queued again, whoever queued them (worker or reaper).
+    # The count covers every trial queued again, by a stopped worker or by the reaper.
     waiting = states.count(optuna.trial.TrialState.WAITING)
     assert waiting >= 1
     noun = "trial" if waiting == 1 else "trials"

@@ -76,7 +76,7 @@ def occupy_node(folder: Path) -> str:
 
 
 def without_sacct(folder: Path) -> dict[str, str]:
-    """An environment whose `sacct` answers as on a cluster without accounting."""
+    """Return an environment whose `sacct` fails as on a cluster without accounting."""
     bin_dir = folder / "no-sacct-bin"
     bin_dir.mkdir()
     sacct = bin_dir / "sacct"
@@ -88,7 +88,7 @@ def without_sacct(folder: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_status_of_queued_then_cancelled_sweep(tmp_path: Path, database_url: str) -> None:
+def test_status_queued_then_cancelled(tmp_path: Path, database_url: str) -> None:
     skip_without_slurm()
     write_config(tmp_path, n_trials=4, workers=2, synthetic={"duration_s": 1.0})
     blocker = occupy_node(tmp_path)
@@ -144,7 +144,7 @@ def test_status_of_queued_then_cancelled_sweep(tmp_path: Path, database_url: str
 
 
 @pytest.mark.slow
-def test_status_of_running_sweep_with_stale_trial_then_finished(
+def test_status_stale_then_finished(
     tmp_path: Path, database_url: str, request: pytest.FixtureRequest
 ) -> None:
     skip_without_slurm()
@@ -186,7 +186,7 @@ def test_status_of_running_sweep_with_stale_trial_then_finished(
         text = status_text(tmp_path)
         assert "Stale:    trial 4 has sent no heartbeat for" in text
         assert f"kept because job {silent['job']} still runs" in text
-        # The report can be rebuilt mid-sweep and says which trials it covers.
+        # The report can be rebuilt mid-sweep, and its output names the trials it covers.
         report = run_hpc("report", "--config", "config.yml", cwd=tmp_path)
         assert report.returncode == 0, report.stderr[-3000:]
         assert "Trials covered: 6, numbers 0 to 5\n" in report.stdout
