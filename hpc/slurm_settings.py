@@ -81,6 +81,8 @@ class SlurmSettings:
         signal_lead_s: Seconds before the time limit at which Slurm sends SIGUSR2 to the worker.
         extra_sbatch: Raw sbatch options written as `#SBATCH <option>` lines, e.g. `--exclusive`.
         setup: Shell lines run at the top of every job (module loads, environment activation).
+        python: Command words that run the jobs' Python, such as `apptainer exec --nv IMAGE
+            python`; empty for the interpreter that runs hpc-tune (`sys.executable`).
         exported_env: Names of extra environment variables passed to the jobs.
         finalize: Resources of the finalize job.
     """
@@ -97,6 +99,7 @@ class SlurmSettings:
     signal_lead_s: int = 180
     extra_sbatch: tuple[str, ...] = ()
     setup: tuple[str, ...] = ()
+    python: tuple[str, ...] = ()
     exported_env: tuple[str, ...] = ()
     finalize: FinalizeSettings = field(default_factory=FinalizeSettings)
 
@@ -132,6 +135,7 @@ def parse_slurm_section(section: Mapping[str, Any] | None) -> SlurmSettings:
         signal_lead_s=_signal_lead(get("signal_lead_s")),
         extra_sbatch=_extra_sbatch(get("extra_sbatch")),
         setup=_setup_lines(get("setup")),
+        python=_python_command(get("python")),
         exported_env=_exported_env(get("exported_env")),
         finalize=_finalize(section.get("finalize")),
     )
@@ -312,6 +316,18 @@ def _setup_lines(value: Any) -> tuple[str, ...]:
                 "job script. Put the password in ~/.pgpass or in the file named by PGPASSFILE."
             )
     return tuple(lines)
+
+
+def _python_command(value: Any) -> tuple[str, ...]:
+    words = _string_list(value, "hpc.slurm.python")
+    for index, word in enumerate(words):
+        if not word.strip() or "\n" in word:
+            raise ConfigError(
+                f"hpc.slurm.python[{index}]: {word!r} is not one command word. List the "
+                "words one per item, such as [apptainer, exec, --nv, /path/to/hpc-tune.sif, "
+                "/opt/hpc-tune/bin/python]."
+            )
+    return tuple(words)
 
 
 def _exported_env(value: Any) -> tuple[str, ...]:
