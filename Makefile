@@ -2,6 +2,8 @@
 #   make sweep [CONFIG=path/to/config.yml] [WORKERS=N] [ARGS="--seed 1 ..."]
 #   make status | make report   (same CONFIG)
 #   make test
+#   make wheelhouse [WHEELHOUSE=dir] [PYTHON_VERSION=3.11] [PLATFORM=...] [TORCH_INDEX=url]
+#   make install WHEELHOUSE=dir   (no network: docs/offline-install.md)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,6 +12,11 @@ WORKERS ?=
 ARGS ?=
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+# Offline install: the wheelhouse folder and the target of `make wheelhouse`.
+WHEELHOUSE ?=
+PYTHON_VERSION ?=
+PLATFORM ?=
+TORCH_INDEX ?=
 TINY_BERT := examples/quaero/models/tiny-bert
 STAMP := $(VENV)/.installed
 
@@ -17,10 +24,23 @@ VENV_PYTHON := $(VENV)/bin/python
 HPC := $(VENV_PYTHON) -m hpc
 WORKERS_FLAG := $(if $(WORKERS),--workers $(WORKERS),)
 
-.PHONY: install sweep status report resubmit cancel test bench lint model clean-example pretrained-model \
-	slurm-start slurm-stop
+.PHONY: install sweep status report resubmit cancel check-node test bench lint model clean-example \
+	pretrained-model slurm-start slurm-stop wheelhouse
 
+ifeq ($(WHEELHOUSE),)
 install: $(STAMP)
+else
+# From the wheelhouse alone, with pip's index off: the runtime packages, without the dev tools.
+install:
+	PYTHON=$(PYTHON) bash scripts/wheelhouse.sh install $(WHEELHOUSE) $(VENV)
+	touch $(STAMP)
+endif
+
+# On a machine with network: wheels of hpc-tune and its runtime dependencies, for the target.
+wheelhouse:
+	PYTHON=$(PYTHON) bash scripts/wheelhouse.sh build $(or $(WHEELHOUSE),wheelhouse) \
+		$(if $(PYTHON_VERSION),--python-version $(PYTHON_VERSION)) \
+		$(if $(PLATFORM),--platform $(PLATFORM)) $(if $(TORCH_INDEX),--torch-index $(TORCH_INDEX))
 
 # torch is pinned through constraints.txt so that pip takes the CPU wheel of this machine
 # instead of a multi-GB CUDA build; clusters install their own torch build instead.
@@ -50,6 +70,10 @@ resubmit: install
 cancel: install
 	$(HPC) cancel --config $(CONFIG) $(ARGS)
 
+# One short Slurm job with the workers' request: does torch see CUDA, does the database answer?
+check-node: install
+	$(HPC) check-node --config $(CONFIG) $(ARGS)
+
 # The single-node Slurm cluster of the tests (as root): make slurm-start, then
 # eval "$$(bash scripts/local-slurm.sh env)" in your shell.
 slurm-start:
@@ -62,7 +86,7 @@ test: install
 	bash scripts/run-tests.sh $(PYTEST_ARGS)
 
 # Benchmarks (docs/benchmarks.md): BENCH_ARGS="--workers 1 4 16 32" adds 32 workers.
-bench: install
+bench: install model
 	bash scripts/bench.sh $(BENCH_ARGS)
 
 lint: install

@@ -111,6 +111,20 @@ def _parser() -> argparse.ArgumentParser:
     _add_config(report)
     report.add_argument("--storage", help="PostgreSQL URL, if the sweep used one")
     report.set_defaults(handler=_report)
+
+    check_node = commands.add_parser(
+        "check-node",
+        help="run one short job with the workers' request: CUDA, GPUs, database (Slurm)",
+    )
+    _add_config(check_node)
+    check_node.add_argument("--storage", help="PostgreSQL URL, if the sweep uses one")
+    check_node.add_argument(
+        "--timeout-s",
+        type=float,
+        default=600.0,
+        help="seconds to wait for the job, queue time included (default 600); then it is cancelled",
+    )
+    check_node.set_defaults(handler=_check_node)
     return parser
 
 
@@ -188,6 +202,12 @@ def _cancel(args: argparse.Namespace) -> int:
     from hpc.cancel import cancel
 
     return cancel(args.config, args.storage)
+
+
+def _check_node(args: argparse.Namespace) -> int:
+    from hpc.check_node import check_node
+
+    return check_node(args.config, args.storage, args.timeout_s)
 
 
 def slurm_job_id() -> str | None:

@@ -1,4 +1,4 @@
-"""The one runner for every `sbatch`, `squeue`, `sacct`, `scontrol` and `scancel` call.
+"""The one runner for every `sbatch`, `squeue`, `sacct`, `sacctmgr`, `scontrol` and `scancel` call.
 
 Every call goes through `run_scheduler`, which logs the command line, applies a timeout and
 turns a failure into a `SchedulerError` that carries the command, the exit code and the tail
@@ -55,7 +55,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEDULER_COMMANDS = ("sbatch", "squeue", "sacct", "scontrol", "scancel")
+SCHEDULER_COMMANDS = ("sbatch", "squeue", "sacct", "sacctmgr", "scontrol", "scancel")
 STDERR_TAIL_CHARS = 2000
 
 # Without these, the clients cut array expressions at 64 bytes (SLURM_BITSTR_LEN) and print

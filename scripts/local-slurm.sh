@@ -17,8 +17,10 @@
 # 64 GiB and 4 GPUs whatever the hardware has. The GPUs are fake: character devices with the
 # numbers of /dev/null, so Slurm schedules --gres=gpu:N and sets CUDA_VISIBLE_DEVICES.
 # Partitions: debug (default) and low are preemptible (requeued, 30 s grace after the job's
-# --signal); jobs in high (PriorityTier=10) preempt them. CPUs are consumable, memory is not
-# (CR_Core). Accounting goes through slurmdbd to MariaDB, so sacct works.
+# --signal); jobs in high (PriorityTier=10) preempt them. short is like debug with MaxTime=10
+# (minutes), for the tests of site limits. MaxArraySize=101 allows array indices 0 to 100,
+# above the largest array of the tests. CPUs are consumable, memory is not (CR_Core).
+# Accounting goes through slurmdbd to MariaDB, so sacct works.
 #
 # Settings (environment):
 #   HPC_TUNE_SLURM_PREFIX        config, state, logs, sockets, pid files (default /tmp/hpc-tune-slurm)
@@ -188,7 +190,7 @@ mariadb_password() {
 }
 
 write_configs() {
-    local gres_types="" node_gres="" i last_gpu
+    local gres_types="" gpu_tres="" node_gres="" i last_gpu
     : > "$ETC/gres.conf"
     if [ "$GPUS" -gt 0 ]; then
         # Slurm 22.05 drops a GPU without File= and wants a character device there.
@@ -198,6 +200,8 @@ write_configs() {
         done
         echo "NodeName=$NODE Name=gpu File=$PREFIX/fakedev/nvidia[0-$last_gpu]" > "$ETC/gres.conf"
         gres_types="GresTypes=gpu"
+        # Accounting tracks GPUs, so a QOS or an association can limit gres/gpu.
+        gpu_tres="AccountingStorageTRES=gres/gpu"
         node_gres="Gres=gpu:$GPUS"
     fi
 
@@ -229,6 +233,7 @@ AccountingStorageHost=127.0.0.1
 AccountingStoragePort=$DBD_PORT
 # the connections to slurmdbd take the munge socket from here, not from AuthInfo
 AccountingStoragePass=$MUNGE_SOCKET
+$gpu_tres
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=30
 JobCompType=jobcomp/none
@@ -246,6 +251,8 @@ SlurmdParameters=config_overrides
 ReturnToService=2
 $gres_types
 MinJobAge=300
+# low enough for the tests of site limits to exceed, above the tests' largest array (8 tasks)
+MaxArraySize=101
 KillWait=5
 InactiveLimit=0
 Waittime=0
@@ -258,6 +265,7 @@ NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS Sockets=1 CoresPerSocket=$CPUS Thre
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=30
 PartitionName=low Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=30
 PartitionName=high Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
+PartitionName=short Nodes=ALL MaxTime=10 State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime=30
 EOF
     # slurmdbd reads slurmdbd.conf next to slurm.conf and requires mode 0600, owner SlurmUser.
     (umask 077 && cat > "$ETC/slurmdbd.conf") <<EOF
