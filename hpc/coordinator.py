@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 import sqlalchemy
 
-from hpc import local_workers, scheduler, slurm_executor, tables
+from hpc import local_workers, scheduler, site_fit, slurm_executor, tables
 from hpc.claims import Budget, budget_left, count_trials
 from hpc.hints import hpc_command, plural
 from hpc.log_context import REAPER_LOG, log_file
@@ -48,9 +48,12 @@ def run_sweep(request: SweepRequest) -> int:
     """Create or continue a sweep, run its workers locally, and write the report."""
     sweep = load_sweep(request)
     executor = choose_executor(sweep.settings.executor)
+    new_sweep = sweep.state is None
     if executor == "slurm":
         _check_slurm_storage(sweep, request)
-    new_sweep = sweep.state is None
+        if new_sweep:
+            # Before the pipeline is built: a request over a site limit is cheap to reject.
+            sweep = site_fit.fit_sweep(sweep)
     if new_sweep:
         # Checked before anything is created, so a broken config leaves nothing behind.
         _preflight(sweep, request)
@@ -256,6 +259,8 @@ def _submit_to_slurm(sweep: Sweep, request: SweepRequest, preflight_done: bool) 
         print(f"Follow:   {hpc_command('status', sweep)}")
         print(f"More:     sbatch {slurm_executor.sbatch_dir(sweep) / 'worker.sbatch'}")
         return 0
+    if not preflight_done:
+        sweep = site_fit.fit_sweep(sweep)
     _clear_cancel(sweep)
     # Rendered and checked by sbatch --test-only before the study exists, so a wrong
     # partition or resource request leaves nothing behind.
@@ -312,7 +317,13 @@ def _preflight(sweep: Sweep, request: SweepRequest) -> None:
 
     started = time.monotonic()
     tuning = sweep.loaded.tuning
-    preflight(sweep.loaded.config, tuning.hyperparameters, tuning.metric_parts, sweep.loaded.path)
+    preflight(
+        sweep.loaded.config,
+        tuning.hyperparameters,
+        tuning.metric_parts,
+        sweep.loaded.path,
+        offline=sweep.settings.offline,
+    )
     logger.info("Preflight passed in %.1f s.", time.monotonic() - started)
 
 

@@ -16,6 +16,8 @@ from hpc.claims import Budget, StudyCounts, best_value, count_trials
 from hpc.log_context import WORKER_LOG_DIR
 from hpc.storage import create_engine
 from hpc.sweep import Storage, Sweep
+from tuner.private_dirs import make_private_dir
+from tuner.training import set_offline_environment
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +31,10 @@ def launch(sweep: Sweep) -> list[submitit.Job]:
     """Start `hpc.workers` worker processes on this machine through submitit."""
     from hpc.cli import worker_entry
 
-    folder = sweep.paths.jobs_dir / "phase1"
+    folder = make_private_dir(sweep.paths.jobs_dir / "phase1")
     share_cpus(sweep.settings.workers)
+    # submitit's local jobs inherit this process's environment, trial processes included.
+    set_offline_environment(sweep.settings.offline)
     executor = submitit.LocalExecutor(folder=folder)
     gpus = local_gpu_count()
     jobs = []

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from hpc.sweep_state import make_private_dir
+from tuner.private_dirs import make_private_dir
 
 CONTEXT_FIELDS = ("job", "task", "worker", "trial")
 UNKNOWN = "-"
@@ -85,8 +85,8 @@ def trial_context(number: int) -> Iterator[None]:
 def worker_log_file(jobs_dir: Path, worker_id: int) -> Iterator[Path]:
     """Copy this process's log lines to `jobs_dir/workers/worker-<NNNN>.log` inside the block.
 
-    The file is appended to, with mode 0600 in a folder of mode 0700. The process's standard
-    error keeps its copy of each line.
+    The file is appended to, with mode 0600 in a folder of mode 0700 (2750 in a checkpoint
+    directory shared with a group). The process's standard error keeps its copy of each line.
     """
     folder = jobs_dir / WORKER_LOG_DIR
     make_private_dir(folder)
@@ -113,7 +113,8 @@ def error_line(error: str, max_chars: int = MAX_ERROR_LINE_CHARS) -> str:
     """Return the first line of `error`, cut to at most `max_chars` characters, for a log line.
 
     Later lines (a traceback, the input that failed) stay out of the logs because they may
-    quote the documents a trial read. The first line itself is logged as it is.
+    quote the documents a trial read. The first line itself is logged as it is: the trial host
+    has already withheld the messages that may quote a document (`tuner.redaction`).
     """
     lines = error.strip().splitlines()
     first = lines[0].strip() if lines else ""

@@ -12,6 +12,7 @@ from typing import Any
 
 from hpc.slurm_settings import SlurmSettings, parse_slurm_section
 from tuner.errors import ConfigError
+from tuner.private_dirs import group_access
 
 EXECUTORS = ("auto", "local", "slurm")
 OBJECTIVES = ("edsnlp", "synthetic")
@@ -29,6 +30,8 @@ DEFAULTS: dict[str, Any] = {
     "heartbeat_grace_s": 300,
     "db_retry_s": 600,
     "max_resubmits": 3,
+    "offline": True,
+    "share_with_group": None,
     "slurm": {},
 }
 SWEEP_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -57,6 +60,10 @@ class HpcSettings:
         db_retry_s: How long a worker keeps retrying the database before it gives up.
         max_resubmits: How many times finalize jobs resubmit workers that all died while
             budget is left.
+        offline: Whether jobs and preflight run with HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE and
+            HF_DATASETS_OFFLINE set to 1, and preflight requires each model on disk.
+        share_with_group: Group that may read the checkpoint and output folders (mode 2750,
+            report files 0640), or None to keep them private to the user (0700).
         slurm: Resources and site setup of Slurm jobs.
     """
 
@@ -73,6 +80,8 @@ class HpcSettings:
     heartbeat_grace_s: int = 300
     db_retry_s: int = 600
     max_resubmits: int = 3
+    offline: bool = True
+    share_with_group: str | None = None
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
 
 
@@ -121,6 +130,13 @@ def parse_hpc_section(section: Mapping[str, Any], overrides: Mapping[str, Any]) 
             f"(hpc.heartbeat_s={heartbeat_s}): one slow database write would make a live trial "
             f"look lost. Set it to at least {3 * heartbeat_s}."
         )
+    if not isinstance(merged["offline"], bool):
+        raise ConfigError(
+            f"hpc.offline: expected true or false, got {merged['offline']!r}. Leave it unset "
+            "(true) so that jobs never download models; false lets them use the network."
+        )
+    group = merged["share_with_group"]
+    group_access(group)  # the group must exist and the user must belong to it
     if not isinstance(merged["synthetic"], Mapping):
         raise ConfigError(f"hpc.synthetic: expected a mapping, got {merged['synthetic']!r}.")
     return HpcSettings(
@@ -137,6 +153,8 @@ def parse_hpc_section(section: Mapping[str, Any], overrides: Mapping[str, Any]) 
         heartbeat_grace_s=grace_s,
         db_retry_s=_non_negative_int(merged["db_retry_s"], "hpc.db_retry_s"),
         max_resubmits=_non_negative_int(merged["max_resubmits"], "hpc.max_resubmits"),
+        offline=merged["offline"],
+        share_with_group=group,
         slurm=parse_slurm_section(merged["slurm"] or {}),
     )
 

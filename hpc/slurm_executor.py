@@ -16,6 +16,7 @@ from hpc.slurm_settings import SlurmSettings, derived_time_min
 from hpc.sweep import Sweep
 from hpc.sweep_state import read_sweep_state, write_json_atomic
 from tuner.errors import HpcTuneError
+from tuner.private_dirs import make_private_dir
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +39,8 @@ def sbatch_dir(sweep: Sweep) -> Path:
 
 def render_scripts(sweep: Sweep, working_dir: Path) -> tuple[Path, Path]:
     """Render the worker and finalize scripts into `<checkpoint>/sbatch/`, ready for sbatch."""
-    folder = sbatch_dir(sweep)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    log_dir = sweep.paths.jobs_dir / "slurm"
-    log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    folder = make_private_dir(sbatch_dir(sweep))
+    log_dir = make_private_dir(sweep.paths.jobs_dir / "slurm")
     worker = templates.render_worker_script(
         _worker_settings(sweep),
         sweep_dir=sweep.paths.root,
@@ -50,6 +49,7 @@ def render_scripts(sweep: Sweep, working_dir: Path) -> tuple[Path, Path]:
         job_name=f"hpc-{sweep.name}",
         workers=sweep.settings.workers,
         log_dir=log_dir,
+        offline=sweep.settings.offline,
     )
     finalize = templates.render_finalize_script(
         sweep.settings.slurm,
@@ -58,6 +58,7 @@ def render_scripts(sweep: Sweep, working_dir: Path) -> tuple[Path, Path]:
         python=sys.executable,
         job_name=f"hpc-{sweep.name}-finalize",
         log_dir=log_dir,
+        offline=sweep.settings.offline,
     )
     worker_path = folder / WORKER_SCRIPT
     finalize_path = folder / FINALIZE_SCRIPT

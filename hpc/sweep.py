@@ -128,7 +128,9 @@ def load_sweep(request: SweepRequest, use_recorded_overrides: bool = False) -> S
         # Checked even when unused: every HPC_TUNE_* variable is passed to Slurm jobs.
         parse_storage_url(os.environ[STORAGE_ENV], STORAGE_ENV)
     name = settings.sweep_name or default_sweep_name(loaded.path)
-    paths = SweepPaths(loaded.tuning.checkpoint_dir.expanduser().resolve())
+    paths = SweepPaths(
+        loaded.tuning.checkpoint_dir.expanduser().resolve(), group=settings.share_with_group
+    )
     state = read_sweep_state(paths)
     if state is not None and state.get("sweep_name") != name:
         raise ConfigError(

@@ -10,17 +10,24 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import HpcTuneError
+from tuner.private_dirs import group_access, make_private_dir
 
-PRIVATE_DIR_MODE = 0o700
 SWEEP_FILE = "sweep.json"
 STATE_VERSION = 1
 
 
 @dataclass(frozen=True)
 class SweepPaths:
-    """Folders and files of one sweep under its checkpoint directory."""
+    """Folders and files of one sweep under its checkpoint directory.
+
+    Attributes:
+        root: The checkpoint directory.
+        group: `hpc.share_with_group`, for the commands that create the folders; None keeps
+            them private. Folders created later inside take the access of their parent.
+    """
 
     root: Path
+    group: str | None = None
 
     @property
     def sweep_file(self) -> Path:
@@ -42,15 +49,13 @@ class SweepPaths:
         return self.trials_dir / f"{number:05d}"
 
     def create(self) -> None:
-        """Create the folders, private to the user (mode 0700)."""
+        """Create the folders: mode 0700, or 2750 and the group of `group`.
+
+        Existing folders are left as they are, with a warning when they are wider.
+        """
+        access = group_access(self.group)
         for folder in (self.root, self.trials_dir, self.jobs_dir):
-            make_private_dir(folder)
-
-
-def make_private_dir(folder: Path) -> None:
-    """Create `folder` and its missing parents; the folder itself gets mode 0700."""
-    folder.mkdir(parents=True, exist_ok=True)
-    os.chmod(folder, PRIVATE_DIR_MODE)
+            make_private_dir(folder, access)
 
 
 def study_name(sweep_name: str, phase: int) -> str:
@@ -59,7 +64,7 @@ def study_name(sweep_name: str, phase: int) -> str:
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as file:

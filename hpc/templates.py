@@ -16,6 +16,7 @@ from pathlib import Path
 
 from hpc.slurm_settings import SlurmSettings, validate_env_name
 from tuner.errors import HpcTuneError
+from tuner.training import OFFLINE_VARIABLES
 
 # The repository's folder in an editable install; a wheel installs it as data files.
 _SOURCE_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "sbatch_templates"
@@ -208,6 +209,7 @@ def render_worker_script(
     log_dir: Path,
     exported_env: Sequence[str] | None = None,
     template_dir: Path | None = None,
+    offline: bool = True,
 ) -> str:
     """Render the worker array script: `workers` tasks, each running `python -m hpc worker`.
 
@@ -215,13 +217,16 @@ def render_worker_script(
         settings: The `hpc.slurm` settings.
         sweep_dir: The sweep's checkpoint directory (absolute).
         working_dir: Directory the jobs run in (`--chdir`, absolute).
-        python: The Python interpreter of the jobs, usually `sys.executable`.
+        python: The Python interpreter of the jobs, usually `sys.executable`; the command of
+            `settings.python` replaces it when set.
         job_name: `--job-name` of the array.
         workers: Number of array tasks (>= 1).
         log_dir: Folder of the `<job_name>-%A_%a.out` and `.err` logs (absolute).
         exported_env: Variable names for `--export`; when None,
             `job_environment_names(settings.exported_env)` read from this process's environment.
         template_dir: Folder of the templates; the project's `sbatch_templates/` when None.
+        offline: `hpc.offline`: whether the job sets HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE and
+            HF_DATASETS_OFFLINE to 1, after the setup lines so that they cannot undo it.
 
     Raises:
         TemplateError: A path is relative, a value spans several lines or `workers` < 1.
@@ -256,6 +261,7 @@ def render_worker_script(
         python=python,
         sweep_dir=sweep_dir,
         template_dir=template_dir,
+        offline=offline,
     )
 
 
@@ -269,6 +275,7 @@ def render_finalize_script(
     log_dir: Path,
     exported_env: Sequence[str] | None = None,
     template_dir: Path | None = None,
+    offline: bool = True,
 ) -> str:
     """Render the finalize job script, which runs `python -m hpc finalize` with its own resources.
 
@@ -304,6 +311,7 @@ def render_finalize_script(
         python=python,
         sweep_dir=sweep_dir,
         template_dir=template_dir,
+        offline=offline,
     )
 
 
@@ -316,15 +324,28 @@ def _render(
     python: str,
     sweep_dir: Path,
     template_dir: Path | None,
+    offline: bool,
 ) -> str:
     setup = "\n".join(settings.setup) if settings.setup else "# (none)"
     values = {
         "sbatch_options": sbatch_option_lines(options, extra),
         "setup": setup,
-        "python": shell_quote(_one_line(python, "python")),
+        "offline_env": offline_env_lines(offline),
+        "python": " ".join(
+            shell_quote(_one_line(word, "python")) for word in settings.python or (python,)
+        ),
         "sweep_dir": shell_quote(str(_absolute(sweep_dir, "sweep_dir"))),
     }
     return render_template(name, values, template_dir)
+
+
+def offline_env_lines(offline: bool) -> str:
+    """Return the shell lines of `hpc.offline`: exports of the offline variables, or a comment."""
+    if not offline:
+        return "# hpc.offline is false: Hugging Face libraries may download models and data."
+    lines = ["# Jobs never download models or data (hpc.offline): everything must be on disk."]
+    lines += [f"export {name}=1" for name in OFFLINE_VARIABLES]
+    return "\n".join(lines)
 
 
 def _common_options(

@@ -39,6 +39,7 @@ def preflight(
     hyperparameters: Sequence[Hyperparameter],
     metric_paths: Sequence[tuple[str | int, ...]],
     config_path: Path,
+    offline: bool = True,
 ) -> None:
     """Build the training config at the edges of the search space and check each build.
 
@@ -47,13 +48,15 @@ def preflight(
         hyperparameters: The search space.
         metric_paths: The `tuning.metric` paths, split.
         config_path: The config file, named in the error.
+        offline: `hpc.offline`: build without network access, and require each model to be
+            a local folder or in the Hugging Face cache.
 
     Raises:
         PreflightError: One error listing every problem found, each with the key, the value
             and the fix.
     """
     start_s = time.monotonic()
-    set_offline_environment()
+    set_offline_environment(offline)
     problems: list[str] = []
     checked_optimizer = checked_metric = False
     value_sets = _value_sets(hyperparameters)
@@ -69,7 +72,7 @@ def preflight(
         _add(problems, check_validation_steps(trial_config))
         data_problems = check_data_paths(trial_config, config_path)
         _add(problems, data_problems)
-        model_problems = check_models(trial_config)
+        model_problems = check_models(trial_config, offline)
         _add(problems, model_problems)
         if model_problems:
             continue  # nothing else can be built without the model

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ast
 import operator
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -116,8 +115,16 @@ def check_data_paths(config: Any, config_path: Path) -> list[str]:
     return problems
 
 
-def check_models(config: Any) -> list[str]:
-    """Check that each `eds.transformer` model is a local folder or, offline, in the HF cache."""
+def check_models(config: Any, offline: bool = True) -> list[str]:
+    """Check that each `eds.transformer` model is a local folder or, offline, in the HF cache.
+
+    Only the local cache is read, so the check never waits on the network.
+
+    Args:
+        config: The whole unresolved config.
+        offline: `hpc.offline`. When false, a Hugging Face model id that is not in the cache
+            passes: the jobs may download it.
+    """
     problems = []
     for location, node in _reachable_sections(config):
         if node.get("@factory") != "eds.transformer" or "model" not in node:
@@ -133,20 +140,26 @@ def check_models(config: Any) -> list[str]:
         if path.is_absolute() or str(value).startswith((".", "~")) or str(value).count("/") > 1:
             problems.append(
                 f"{key}: model folder {str(value)!r} not found (looked for {Path.cwd() / path}). "
-                "Fix the path; relative paths are read from the working directory."
+                "Fix the path (relative paths are read from the working directory), or copy the "
+                "model folder to the cluster; for a Hugging Face model, `hf download ORG/NAME "
+                "--local-dir MODEL_FOLDER` on a machine with network access writes one."
             )
-        elif _hub_offline() and not _in_hub_cache(str(value)):
+        elif offline and not _in_hub_cache(str(value)):
             problems.append(
-                f"{key}: {str(value)!r} is neither a local folder nor in the Hugging Face cache, "
-                "and trials run offline (HF_HUB_OFFLINE=1). Download it once on a machine with "
-                f"network access (`hf download {value}`, with the HF_HOME of the jobs), or "
-                "set the model to a local folder."
+                f"{key}: {str(value)!r} is neither a local folder nor in the Hugging Face cache "
+                f"({_hub_cache()}), and jobs run offline (hpc.offline). On a machine with "
+                f"network access, run `hf download {value} --local-dir MODEL_FOLDER`, copy "
+                f"MODEL_FOLDER to the cluster and set the model to its path. Or run "
+                f"`hf download {value}` with the HF_HOME that the jobs use, or set hpc.offline: "
+                "false if the compute nodes reach the Hugging Face Hub."
             )
     return problems
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+def _hub_cache() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
 
 
 def _in_hub_cache(repo_id: str) -> bool:

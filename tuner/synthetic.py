@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from tuner.config import TuningSettings
@@ -21,6 +22,8 @@ OPTIONS = {
     "duration_s": 0.2,  # seconds per trial, or [min, max] drawn from the trial seed
     "steps": 2,  # validations reported per trial
     "fail_trials": [],  # trial numbers that raise an exception
+    # A text file: fail_trials then raise a ValueError that quotes it, as data errors can.
+    "fail_document": None,
     "nan_trials": [],  # trial numbers that return NaN
     "crash_trials": [],  # trial numbers whose process kills itself (SIGKILL, as the OOM killer)
     "slow_trials": {},  # trial number -> seconds, for the trials that take longer
@@ -66,6 +69,9 @@ class SyntheticObjective:
             time.sleep(duration_s / steps)
             on_score(step, target * step / steps)
         if number in self.options["fail_trials"]:
+            if self.options["fail_document"] is not None:
+                text = Path(self.options["fail_document"]).read_text(encoding="utf-8")
+                raise ValueError(f"Span does not align with the tokens of {text!r}")
             raise TrialError(f"synthetic failure requested for trial {number}")
         if number in self.options["nan_trials"]:
             return math.nan

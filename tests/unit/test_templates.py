@@ -300,9 +300,11 @@ def test_finalize_script_runs_finalize(tmp_path: Path) -> None:
     arguments = run_rendered_script(script, tmp_path, {"HF_HUB_OFFLINE": "0"})
     assert arguments[-4:] == ["hpc", "finalize", "--sweep-dir", str(tmp_path / "my sweep")]
     environment = (tmp_path / "env").read_text().splitlines()
-    # A value set before the script (by the setup lines or the site) wins over the default.
-    assert "HF_HUB_OFFLINE=0" in environment
+    # hpc.offline (true by default) wins over a value set before the script.
+    assert "HF_HUB_OFFLINE=1" in environment
+    assert "HF_HUB_OFFLINE=0" not in environment
     assert "TRANSFORMERS_OFFLINE=1" in environment
+    assert "HF_DATASETS_OFFLINE=1" in environment
 
 
 def test_no_secret_in_rendered_scripts(monkeypatch: pytest.MonkeyPatch) -> None:
