@@ -6,15 +6,16 @@ import getpass
 import logging
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 import optuna
 import sqlalchemy
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 
+from hpc import db_access, pgpass
+from hpc.db_bursts import close_between_bursts
 from tuner.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -93,16 +94,51 @@ def create_engine(url: URL | str, schema: str) -> sqlalchemy.Engine:
 
 
 def ensure_schema(url: URL | str, schema: str) -> None:
-    """Create the user's schema if needed; only the coordinator calls this."""
+    """Create the user's schema if needed, closed to other roles; only the coordinator calls this.
+
+    Raises:
+        ConfigError: The role may not create the schema, or the schema exists and the role
+            may not use it (another role owns it).
+    """
     engine = sqlalchemy.create_engine(url, poolclass=NullPool)
     try:
         with engine.begin() as connection:
+            role, database = connection.execute(
+                sqlalchemy.text("SELECT current_user, current_database()")
+            ).one()
+            exists = connection.execute(
+                sqlalchemy.text("SELECT 1 FROM pg_namespace WHERE nspname = :schema"),
+                {"schema": schema},
+            ).first()
             connection.execute(sqlalchemy.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            if exists is None:
+                # Other roles of a shared database get no access to this user's studies.
+                connection.execute(sqlalchemy.text(f'REVOKE ALL ON SCHEMA "{schema}" FROM PUBLIC'))
+            allowed = connection.execute(
+                sqlalchemy.text(
+                    "SELECT has_schema_privilege(:schema, 'USAGE')"
+                    " AND has_schema_privilege(:schema, 'CREATE')"
+                ),
+                {"schema": schema},
+            ).scalar_one()
+    except sqlalchemy.exc.ProgrammingError as error:
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        raise ConfigError(
+            f"Cannot create schema {schema} in {hide_password(url)}: {reason}. "
+            + db_access.schema_hint(schema, _role_of(url), make_url(url).database or "")
+        ) from None
     finally:
         engine.dispose()
+    if not allowed:
+        raise ConfigError(
+            f"Schema {schema} in {hide_password(url)} exists, and role {role} may not use it: "
+            f"another role owns it. " + db_access.schema_hint(schema, role, database)
+        )
 
 
-def optuna_storage(url: URL | str, schema: str, create_tables: bool) -> optuna.storages.RDBStorage:
+def optuna_storage(
+    url: URL | str, schema: str, create_tables: bool, bursts: bool = False
+) -> optuna.storages.RDBStorage:
     """Open Optuna's storage on PostgreSQL in `schema`.
 
     Args:
@@ -110,12 +146,21 @@ def optuna_storage(url: URL | str, schema: str, create_tables: bool) -> optuna.s
         schema: Schema that contains Optuna's tables.
         create_tables: True in the coordinator only: concurrent first-time schema creation
             races on PostgreSQL, so workers only load existing tables.
+        bursts: Share one connection among the operations of a `db_bursts.held` block (the
+            workers' claims and trial ends); outside such blocks, each operation still opens
+            and closes its own connection.
     """
     rendered = url.render_as_string(hide_password=False) if isinstance(url, URL) else url
     engine_kwargs: dict[str, Any] = {"poolclass": NullPool, "connect_args": _connect_args(schema)}
-    return optuna.storages.RDBStorage(
+    if bursts:
+        # Overflow connections (a heartbeat during a burst) close when they return.
+        engine_kwargs.update(poolclass=QueuePool, pool_size=1, max_overflow=-1)
+    storage = optuna.storages.RDBStorage(
         rendered, engine_kwargs=engine_kwargs, skip_table_creation=not create_tables
     )
+    if bursts:
+        close_between_bursts(storage.engine)
+    return storage
 
 
 def check_connection(url: URL, source: str) -> None:
@@ -127,8 +172,8 @@ def check_connection(url: URL, source: str) -> None:
     except sqlalchemy.exc.OperationalError as error:
         reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
         raise ConfigError(
-            f"{source}: cannot connect to {hide_password(url)}: {reason}. Check that the server "
-            "runs and accepts this user, and that ~/.pgpass or PGPASSFILE holds the password."
+            f"{source}: cannot connect to {hide_password(url)}: {reason}. "
+            + db_access.connection_hint(reason, url)
         ) from None
     finally:
         engine.dispose()
@@ -155,44 +200,25 @@ def _application_name() -> str:
 def check_jobs_can_authenticate(url: URL | str) -> None:
     """Stop a Slurm submission whose jobs could not log in to the database.
 
-    Jobs never receive PGPASSWORD (Slurm stores job environments). When the login node has it
-    but no line of the password file matches the URL, every job would fail to connect.
+    Jobs never receive PGPASSWORD (Slurm stores job environments). When the login node has it,
+    the jobs need a line for the URL in a password file that libpq reads.
 
     Raises:
-        ConfigError: With the password file to fill and the line to add.
+        ConfigError: With the password file to fill, the line to add, or the mode to set.
     """
     if not os.environ.get("PGPASSWORD"):
         return
     parsed = make_url(url) if isinstance(url, str) else url
-    host = parsed.host or "localhost"
-    port = str(parsed.port or 5432)
-    user = parsed.username or getpass.getuser()
-    database = parsed.database or user
-    path = Path(os.environ.get("PGPASSFILE") or Path.home() / ".pgpass")
-    if _pgpass_matches(path, (host, port, database, user)):
+    problem = db_access.jobs_password_problem(parsed)
+    if not problem:
         return
     raise ConfigError(
-        f"PGPASSWORD is set, but Slurm jobs never receive it and {path} has no line for "
-        f"{host}:{port}:{database}:{user}, so every job would fail to connect. Add the line "
-        f"'{host}:{port}:{database}:{user}:PASSWORD' to {path} (mode 0600), or set PGPASSFILE "
-        "to such a file, then submit again."
+        "PGPASSWORD is set, but Slurm jobs never receive it and read the password file "
+        f"instead, and {problem}. Without it every job would fail to connect to "
+        f"{hide_password(parsed)}. Fix the password file, then submit again."
     )
 
 
-def _pgpass_matches(path: Path, wanted: tuple[str, str, str, str]) -> bool:
-    """Return whether a libpq password file has a line for host, port, database and user."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return False
-    for line in lines:
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        fields = [
-            field.replace("\\:", ":").replace("\\\\", "\\") for field in re.split(r"(?<!\\):", line)
-        ]
-        if len(fields) < 5:
-            continue
-        if all(pattern in ("*", value) for pattern, value in zip(fields[:4], wanted, strict=True)):
-            return True
-    return False
+def _role_of(url: URL | str) -> str:
+    parsed = make_url(url) if isinstance(url, str) else url
+    return pgpass.connection_target(parsed).user

@@ -112,6 +112,7 @@ def test_jobs_need_pgpass_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert "secret" not in str(error.value)
 
     pgpass.write_text("# comment\nother:5432:*:bob:x\ndb.example:*:optuna:alice:secret\n")
+    pgpass.chmod(0o600)
     check_jobs_can_authenticate(url)
 
 
