@@ -13,8 +13,11 @@ to 10 s) and drawn once from `--seed`, so trial number i sleeps durations[i] in 
 Per mode and worker count it prints the efficiency E = trial time / (workers x wall time),
 with and without start-up (from the first trial's start to the last one's end), the trials
 started against the target, the ask (claim) and tell latencies p50/p99, the peak number of
-connections to the database, and the CPU time per trial spent outside the objective (the
-objectives sleep, so all the CPU time of the processes counts). Figures go to a JSON file.
+connections to the database and of those kept idle, and the CPU time per trial spent outside
+the objective (the objectives sleep, so all the CPU time of the processes counts). Figures go
+to a JSON file.
+The wall time of `hpc` ends when its last worker records its end: the report that the command
+then writes (the finalize job's work on Slurm, which holds no GPU) is printed apart.
 
 Run from the repository root against a PostgreSQL server (no password in the URL):
     .venv/bin/python benchmarks/scheduling.py --storage postgresql+psycopg2://USER@HOST/DB \
@@ -105,6 +108,10 @@ def run_mode(mode: str, url: str, workers: int, target: int, times: list[float])
         else:
             study, latencies = _run_batch(url, name, workers, target, times)
         wall_s = time.monotonic() - started
+        # hpc-tune's workers end before the command, which then writes the report (on Slurm,
+        # the finalize job does, without a GPU): the GPUs are free from the last worker's end.
+        after_s = latencies.pop("after_workers_s", [0.0])[0]
+        wall_s -= after_s
         cpu_s = _children_cpu_s() - cpu_before + (latencies.pop("own_cpu_s", [0.0])[0])
         peak = monitor.stop()
     trials = [
@@ -128,11 +135,13 @@ def run_mode(mode: str, url: str, workers: int, target: int, times: list[float])
         "started": len(trials),
         "complete": complete,
         "wall_s": round(wall_s, 2),
+        "after_workers_s": round(after_s, 2),
         "efficiency": round(busy_s / (workers * wall_s), 3),
         "efficiency_without_startup": round(busy_s / (workers * span_s), 3),
         "ask_ms": _percentiles(latencies.get("ask", [])),
         "tell_ms": _percentiles(latencies.get("tell", [])),
         "peak_connections": peak,
+        "peak_idle_connections": monitor.peak_idle,
         "cpu_s_per_trial": round(cpu_s / max(1, len(trials)), 3),
     }
 
@@ -140,8 +149,57 @@ def run_mode(mode: str, url: str, workers: int, target: int, times: list[float])
 def _run_hpc(
     url: str, folder: Path, name: str, workers: int, target: int, times: list[float]
 ) -> tuple[optuna.Study, dict[str, list[float]]]:
-    config = {
-        "model": {name: 0.5 for name in PARAMS},
+    slow_trials = {str(i): round(d, 3) for i, d in enumerate(times)}
+    config = synthetic_config(name, workers, target, {"steps": 1, "slow_trials": slow_trials})
+    (folder / "config.yml").write_text(json.dumps(config))
+    subprocess.run(
+        [sys.executable, "-m", "hpc", "sweep", "--config", "config.yml", "--storage", url],
+        cwd=folder,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    ended = time.time()
+    study = optuna.load_study(study_name=f"{name}.phase1", storage=_storage(url))
+    after_s = ended - last_worker_end(url, name)
+    # A claim's latency: from a worker's previous trial end (its result recorded) to its next
+    # trial's start; the tell is inside the trial's recorded end.
+    by_worker: dict[Any, list[optuna.trial.FrozenTrial]] = {}
+    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.datetime_start):
+        by_worker.setdefault(trial.user_attrs.get("worker"), []).append(trial)
+    gaps = [
+        (b.datetime_start - a.datetime_complete).total_seconds() * 1000
+        for runs in by_worker.values()
+        for a, b in zip(runs, runs[1:], strict=False)
+        if a.datetime_complete is not None
+    ]
+    return study, {"ask": gaps, "after_workers_s": [after_s]}
+
+
+def last_worker_end(url: str, sweep_name: str) -> float:
+    """Return when the last worker of a sweep recorded its end, as a Unix time."""
+    from hpc import tables
+    from hpc.storage import create_engine, user_schema
+
+    engine = create_engine(url, user_schema())
+    try:
+        with engine.connect() as connection:
+            ended = connection.execute(
+                sqlalchemy.select(sqlalchemy.func.max(tables.workers_table.c.ended_at)).where(
+                    tables.workers_table.c.sweep_name == sweep_name
+                )
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    return float(ended.timestamp())
+
+
+def synthetic_config(
+    name: str, workers: int, target: int, synthetic: dict[str, Any]
+) -> dict[str, Any]:
+    """A local sweep of `target` synthetic trials on the parameters of PARAMS."""
+    return {
+        "model": {parameter: 0.5 for parameter in PARAMS},
         "tuning": {
             "output_dir": "results",
             "checkpoint_dir": "checkpoint",
@@ -158,33 +216,9 @@ def _run_hpc(
             "workers": workers,
             "executor": "local",
             "objective": "synthetic",
-            "synthetic": {
-                "steps": 1,
-                "slow_trials": {str(i): round(d, 3) for i, d in enumerate(times)},
-            },
+            "synthetic": synthetic,
         },
     }
-    (folder / "config.yml").write_text(json.dumps(config))
-    subprocess.run(
-        [sys.executable, "-m", "hpc", "sweep", "--config", "config.yml", "--storage", url],
-        cwd=folder,
-        check=True,
-        capture_output=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    study = optuna.load_study(study_name=f"{name}.phase1", storage=_storage(url))
-    # A claim's latency: from a worker's previous trial end (its result recorded) to its next
-    # trial's start; the tell is inside the trial's recorded end.
-    by_worker: dict[Any, list[optuna.trial.FrozenTrial]] = {}
-    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.datetime_start):
-        by_worker.setdefault(trial.user_attrs.get("worker"), []).append(trial)
-    gaps = [
-        (b.datetime_start - a.datetime_complete).total_seconds() * 1000
-        for runs in by_worker.values()
-        for a, b in zip(runs, runs[1:], strict=False)
-        if a.datetime_complete is not None
-    ]
-    return study, {"ask": gaps}
 
 
 def _run_optuna(
@@ -273,11 +307,19 @@ def _run_batch(
 
 
 class ConnectionMonitor:
-    """Sample the number of connections to the benchmark's database every 0.2 s."""
+    """Sample the connections to the benchmark's database every 0.2 s.
+
+    `peak` is the most connections seen at once, `peak_idle` the most of them idle for over a
+    second (kept open between operations, as a pool does; one being closed after its last
+    statement is idle for milliseconds), and `at_peak` the states of the connections at the
+    peak.
+    """
 
     def __init__(self, url: str) -> None:
         self.engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
         self.peak = 0
+        self.peak_idle = 0
+        self.at_peak: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -292,12 +334,21 @@ class ConnectionMonitor:
 
     def _run(self) -> None:
         query = sqlalchemy.text(
-            "SELECT count(*) FROM pg_stat_activity "
+            "SELECT coalesce(state, 'starting') AS state, left(query, 60) AS query, "
+            "state = 'idle' AND now() - state_change > interval '1 second' AS kept "
+            "FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
         while not self._stop.is_set():
             with self.engine.connect() as connection:
-                self.peak = max(self.peak, int(connection.execute(query).scalar_one()))
+                rows = connection.execute(query).all()
+            self.peak_idle = max(self.peak_idle, sum(bool(row.kept) for row in rows))
+            if len(rows) > self.peak:
+                self.peak = len(rows)
+                self.at_peak = {}
+                for row in rows:
+                    key = f"{row.state}: {row.query}"
+                    self.at_peak[key] = self.at_peak.get(key, 0) + 1
             self._stop.wait(0.2)
 
 
@@ -340,8 +391,9 @@ def _line(row: dict[str, Any]) -> str:
         f"trials {row['started']}/{row['target']} complete {row['complete']} "
         f"ask p50/p99 {ask['p50']:.0f}/{ask['p99']:.0f} ms "
         f"tell p50/p99 {tell['p50']:.0f}/{tell['p99']:.0f} ms "
-        f"peak connections {row['peak_connections']} "
+        f"peak connections {row['peak_connections']} (idle {row['peak_idle_connections']}) "
         f"CPU/trial {row['cpu_s_per_trial']:.2f} s wall {row['wall_s']:.0f} s"
+        + (f" (then report {row['after_workers_s']:.0f} s)" if row["after_workers_s"] else "")
     )
 
 

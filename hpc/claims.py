@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,6 +17,11 @@ from sqlalchemy import text
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Pauses between tries of a claim lock held by another worker: they double from the first to
+# the last, each drawn between half and one and a half times the value.
+LOCK_RETRY_FIRST_S = 0.005
+LOCK_RETRY_MAX_S = 0.2
 
 _COUNTS_SQL = text(
     """
@@ -183,19 +190,42 @@ def claim(
 
     The transaction holds a PostgreSQL advisory lock on the study while it counts trials and
     `start_trial` creates the new RUNNING trial, so N workers cannot overshoot `n_trials`.
+    A worker that finds the lock taken closes its connection and tries again after a short,
+    growing, random pause: waiting on the lock would keep one connection per waiting worker,
+    and 128 workers starting together would exceed a server's `max_connections=100`.
 
     Args:
         may_start: A further check of this worker (time left in its job), given the counts:
             returns why no trial may start here, or None.
     """
-    with engine.begin() as connection:
-        connection.execute(
-            text("SELECT pg_advisory_xact_lock(:key)"), {"key": advisory_key(study_name)}
-        )
-        counts = count_trials(connection, study_name)
-        reason = budget_left(counts, budget)
-        if reason is None and may_start is not None:
-            reason = may_start(counts)
-        if reason is not None:
-            return Claim(None, reason, counts)
-        return Claim(start_trial(), None, counts)
+    pause_s = LOCK_RETRY_FIRST_S
+    while True:
+        with engine.begin() as connection:
+            if _try_lock(connection, study_name):
+                return _claim_locked(connection, study_name, budget, start_trial, may_start)
+        time.sleep(random.uniform(0.5, 1.5) * pause_s)
+        pause_s = min(2 * pause_s, LOCK_RETRY_MAX_S)
+
+
+def _try_lock(connection: sqlalchemy.Connection, study_name: str) -> bool:
+    """Take the study's claim lock until the transaction ends, if no one holds it."""
+    taken = connection.execute(
+        text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": advisory_key(study_name)}
+    ).scalar_one()
+    return bool(taken)
+
+
+def _claim_locked(
+    connection: sqlalchemy.Connection,
+    study_name: str,
+    budget: Budget,
+    start_trial: Callable[[], T],
+    may_start: Callable[[StudyCounts], str | None] | None,
+) -> Claim[T]:
+    counts = count_trials(connection, study_name)
+    reason = budget_left(counts, budget)
+    if reason is None and may_start is not None:
+        reason = may_start(counts)
+    if reason is not None:
+        return Claim(None, reason, counts)
+    return Claim(start_trial(), None, counts)

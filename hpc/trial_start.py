@@ -45,7 +45,6 @@ def start_trial(
     spec: WorkerSpec,
     rdb: RDBStorage,
     worker_id: int,
-    engine: sqlalchemy.Engine,
 ) -> tuple[optuna.Trial, dict[str, Any]]:
     """Start the next trial under the claim's lock, sampling again over duplicates.
 
@@ -62,7 +61,7 @@ def start_trial(
         values = suggest_values(trial, spec.sampled_hyperparameters)
         key = json.dumps(values, sort_keys=True, default=str)
         enqueued = "fixed_params" in rdb.get_trial_system_attrs(trial._trial_id)
-        earlier = None if enqueued else duplicate_of(engine, spec.study_name, key)
+        earlier = None if enqueued else duplicate_of(rdb.engine, spec.study_name, key)
         if earlier is None:
             break
         trial.set_user_attr("duplicate_of", earlier)

@@ -18,6 +18,7 @@ from optuna.storages import RDBStorage
 
 from hpc import signals, tables
 from hpc.claims import Budget, Claim, StudyCounts, claim
+from hpc.db_bursts import held
 from hpc.db_retry import DatabaseUnavailable, with_retries
 from hpc.hints import plural
 from hpc.job_time import JobClock
@@ -105,6 +106,17 @@ def sampler_seed(sweep_seed: int, worker_id: int) -> int:
 
 def run_worker(spec: WorkerSpec) -> WorkerSummary:
     """Pull trials from the shared study until the budget is spent; return why it stopped."""
+    # The trial host imports and prepares the plug-in while the worker registers and loads
+    # the study; the first claim waits until it is ready.
+    host = TrialHost(spec.objective)
+    host.launch()
+    try:
+        return _start(spec, host)
+    finally:
+        host.close()
+
+
+def _start(spec: WorkerSpec, host: TrialHost) -> WorkerSummary:
     engine = create_engine(spec.storage_url, spec.schema)
     db = _Database(spec)
     worker_id = db.call(
@@ -122,15 +134,15 @@ def run_worker(spec: WorkerSpec) -> WorkerSummary:
             spec.study_name,
             log_path,
         )
-        return _serve(spec, engine, db, worker_id)
+        return _serve(spec, engine, db, worker_id, host)
 
 
 def _serve(
-    spec: WorkerSpec, engine: sqlalchemy.Engine, db: _Database, worker_id: int
+    spec: WorkerSpec, engine: sqlalchemy.Engine, db: _Database, worker_id: int, host: TrialHost
 ) -> WorkerSummary:
     """Run trials as worker `worker_id` until the budget is spent, the job ends or a stop signal."""
     rdb = db.call(
-        lambda: optuna_storage(spec.storage_url, spec.schema, create_tables=False),
+        lambda: optuna_storage(spec.storage_url, spec.schema, create_tables=False, bursts=True),
         "open the study storage",
     )
     study = db.call(
@@ -157,12 +169,11 @@ def _serve(
     stop = signals.StopRequest()
     signals.install(stop)
     clock = JobClock(spec.job_id, spec.signal_lead_s)
-    host = TrialHost(spec.objective)
     loop = _Loop(spec, engine, study, rdb, worker_id, db, clock)
     trials = 0
     reason = "stopped"
     try:
-        host.start()
+        host.wait_ready()
         while not stop.requested:
             result = loop.claim()
             if result.started is None:
@@ -236,6 +247,12 @@ class _Loop:
         self.waited_s = 0.0
 
     def claim(self) -> Claim[tuple[optuna.Trial, dict[str, Any]]]:
+        """Reap stale trials, then claim the next trial if the budget allows."""
+        # The storage operations share one connection (see hpc.db_bursts).
+        with held(self.rdb.engine):
+            return self._claim()
+
+    def _claim(self) -> Claim[tuple[optuna.Trial, dict[str, Any]]]:
         spec = self.spec
         self.db.call(
             lambda: reap_stale_trials(
@@ -258,7 +275,7 @@ class _Loop:
                     self.engine,
                     spec.study_name,
                     spec.budget,
-                    lambda: start_trial(self.study, spec, self.rdb, self.worker_id, self.engine),
+                    lambda: start_trial(self.study, spec, self.rdb, self.worker_id),
                     may_start=self._may_start,
                 )
             except SpaceExhausted as exhausted:

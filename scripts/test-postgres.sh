@@ -12,6 +12,8 @@
 #   HPC_TUNE_TEST_PGPREFIX  folder for data, socket and log (default /tmp/hpc-tune-test-pg)
 #   HPC_TUNE_TEST_PGBIN     folder of initdb/pg_ctl/psql (default: newest
 #                           /usr/lib/postgresql/*/bin, then pg_ctl on PATH)
+#   HPC_TUNE_TEST_PGMAXCONN max_connections of the server (default 200; the benchmark's
+#                           128-worker run uses PostgreSQL's own default, 100)
 #
 # TEST DATA ONLY: authentication is "trust" (every local user, and every process on this
 # host that reaches 127.0.0.1, connects as superuser postgres without password), and fsync
@@ -23,6 +25,7 @@ set -euo pipefail
 
 PORT=${HPC_TUNE_TEST_PGPORT:-55432}
 PREFIX=${HPC_TUNE_TEST_PGPREFIX:-/tmp/hpc-tune-test-pg}
+MAX_CONNECTIONS=${HPC_TUNE_TEST_PGMAXCONN:-200}
 DATABASE=hpc_tune_test
 DATA=$PREFIX/data
 SOCKET_DIR=$PREFIX/sock
@@ -125,7 +128,7 @@ $running_port, not $PORT: run '$0 stop' first"
         # zombie left by kill -9. Its shared-memory check still protects a live old server.
         rm -f "$DATA/postmaster.pid" "$SOCKET_DIR/.s.PGSQL.$PORT.lock"
 
-        local options="-h 127.0.0.1 -p $PORT -k $SOCKET_DIR -c max_connections=200"
+        local options="-h 127.0.0.1 -p $PORT -k $SOCKET_DIR -c max_connections=$MAX_CONNECTIONS"
         options+=" -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         for attempt in 1 2 3 4 5; do
             # 9>&-: the server must not inherit, and so hold, the start lock.
