@@ -6,7 +6,8 @@ trial, so a crash, an out-of-memory kill or a NaN fails that trial only. The chi
 messages on the host's pipe to the worker while the host waits for it:
 
     child -> worker: ("score", step, value)   worker -> child: ("continue",) or ("prune",)
-    child -> worker: ("result", value) | ("pruned", step) | ("error", type name, message)
+    child -> worker: ("train_s", seconds) if the plug-in measured its training time, then
+                     ("result", value) | ("pruned", step) | ("error", type name, message)
     host  -> worker: ("ready",) once, then ("exit", trial number, exit code) after each child
 """
 
@@ -20,20 +21,20 @@ import os
 import signal
 import sys
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 from tuner.objectives import ObjectiveSpec, TrialRequest, build_objective
+from tuner.private_dirs import make_private_dir
+from tuner.redaction import redacted_message, redacted_traceback
 from tuner.training import PruneRequested
 
 logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
-MAX_MESSAGE_CHARS = 2000
 TRIAL_LOG = "trial.log"
 
 
@@ -45,11 +46,13 @@ class TrialOutcome:
         state: `complete`, `pruned`, `failed`, or `interrupted` by a stop signal.
         value: The metric (complete), the last reported score (pruned), or None.
         error: `ErrorType: message` for a failed trial.
+        train_s: Seconds the trial spent inside EDS-NLP's `train()`, when measured.
     """
 
     state: str
     value: float | None = None
     error: str | None = None
+    train_s: float | None = None
 
 
 class _Interrupted(Exception):
@@ -68,9 +71,15 @@ class TrialHost:
         self.ready_timeout_s = ready_timeout_s
         self.process: multiprocessing.process.BaseProcess | None = None
         self.connection: Connection | None = None
+        self.launched = 0.0
 
     def start(self) -> None:
         """Start the host and wait until the plug-in is prepared."""
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Start the host process, which prepares the plug-in while the worker goes on."""
         context = multiprocessing.get_context("spawn")
         worker_end, host_end = context.Pipe(duplex=True)
         self.process = context.Process(
@@ -79,7 +88,12 @@ class TrialHost:
         self.process.start()
         host_end.close()
         self.connection = worker_end
-        started = time.monotonic()
+        self.launched = time.monotonic()
+
+    def wait_ready(self) -> None:
+        """Wait until the launched host has prepared the plug-in."""
+        assert self.process is not None, "launch() first"
+        started = self.launched
         message = self._receive(deadline=started + self.ready_timeout_s)
         if message[0] == "error":
             raise HostDied(f"the trial plug-in failed to prepare: {message[1]}: {message[2]}")
@@ -128,6 +142,7 @@ class TrialHost:
         self.connection.send(("run", request))
         outcome: TrialOutcome | None = None
         last_score: float | None = None
+        train_s: float | None = None
         while True:
             message = self._receive(deadline=None, should_stop=should_stop)
             kind = message[0]
@@ -148,8 +163,10 @@ class TrialHost:
                 outcome = TrialOutcome("pruned", value=last_score)
             elif kind == "error":
                 outcome = TrialOutcome("failed", error=f"{message[1]}: {message[2]}")
+            elif kind == "train_s":
+                train_s = message[1]
             elif kind == "exit":
-                return outcome or _exit_outcome(message[2])
+                return replace(outcome or _exit_outcome(message[2]), train_s=train_s)
 
     def close(self) -> None:
         """Stop the host; its children die with it (parent-death signal)."""
@@ -224,7 +241,7 @@ def _host_main(connection: Connection, spec: ObjectiveSpec) -> None:
         objective = build_objective(spec)
         objective.prepare()
     except Exception as error:
-        connection.send(("error", type(error).__name__, _short(error)))
+        connection.send(("error", type(error).__name__, redacted_message(error)))
         return
     connection.send(("ready",))
     fork = multiprocessing.get_context("fork")
@@ -255,27 +272,32 @@ def _child_main(connection: Connection, objective: Any, request: TrialRequest) -
     try:
         value = objective.run(request, on_score)
     except PruneRequested as pruned:
+        _send_train_time(connection, objective)
         connection.send(("pruned", str(pruned)))
         return
     except BaseException as error:  # a trial must never take its host down
-        sys.stderr.write(f"Trial {request.number} failed:\n{traceback.format_exc()}")
-        connection.send(("error", type(error).__name__, _short(error)))
+        # Data errors may quote a document: messages follow the rule of tuner.redaction.
+        sys.stderr.write(f"Trial {request.number} failed:\n{redacted_traceback(error)}")
+        _send_train_time(connection, objective)
+        connection.send(("error", type(error).__name__, redacted_message(error)))
         return
+    _send_train_time(connection, objective)
     connection.send(("result", None if value is None else float(value)))
     sys.stdout.flush()
+
+
+def _send_train_time(connection: Connection, objective: Any) -> None:
+    train_s = getattr(objective, "train_s", None)
+    if train_s is not None:
+        connection.send(("train_s", float(train_s)))
 
 
 def _redirect_output(log_path: Path) -> None:
     """Send the trial's standard output and error, training logs included, to its own file."""
     sys.stdout.flush()
     sys.stderr.flush()
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(log_path.parent)
     descriptor = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(descriptor, 1)
     os.dup2(descriptor, 2)
     os.close(descriptor)
-
-
-def _short(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS] + " [...]"

@@ -17,12 +17,14 @@ import optuna
 from optuna.storages import RDBStorage
 
 from hpc import signals
+from hpc.db_bursts import held
 from hpc.db_retry import describe, is_connection_error
 from hpc.heartbeat import Heartbeat
 from hpc.log_context import error_line
 from hpc.reaper import fail_and_retry
 from hpc.trial_host import TRIAL_LOG, HostDied, TrialHost, TrialOutcome
 from tuner.objectives import TrialRequest
+from tuner.private_dirs import make_private_dir
 from tuner.report import MODEL_FOLDERS
 
 if TYPE_CHECKING:
@@ -49,13 +51,14 @@ def run_trial(
 ) -> None:
     trial, values = claimed
     trial_dir = spec.paths.trial_dir(trial.number)
-    trial_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(trial_dir)
     # A retried trial carries the seed of the trial it repeats.
     seed = trial.user_attrs.get("seed")
     if seed is None:
         seed = trial_seed(spec.seed, trial.number)
-    db.call(lambda: trial.set_user_attr("seed", seed), "record the trial's seed")
-    db.call(lambda: trial.set_user_attr("trial_dir", str(trial_dir)), "record the trial folder")
+    with held(rdb.engine):
+        db.call(lambda: trial.set_user_attr("seed", seed), "record the trial's seed")
+        db.call(lambda: trial.set_user_attr("trial_dir", str(trial_dir)), "record the trial folder")
     retry = ""
     if "retry_of" in trial.user_attrs:
         retry = (
@@ -83,10 +86,31 @@ def run_trial(
         except HostDied as died:
             outcome = TrialOutcome("failed", error=f"HostDied: {died}")
     duration_s = time.monotonic() - started
+    with held(rdb.engine):
+        _record_end(study, trial, outcome, duration_s, spec, stop, db, rdb)
+
+
+def _record_end(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    outcome: TrialOutcome,
+    duration_s: float,
+    spec: WorkerSpec,
+    stop: signals.StopRequest,
+    db: _Database,
+    rdb: RDBStorage,
+) -> None:
+    """Record how a trial ended: its duration, its result or retry, the models kept."""
     db.call(
         lambda: trial.set_user_attr("duration_s", round(duration_s, 3)),
         "record the trial's duration",
     )
+    train_s = outcome.train_s
+    if train_s is not None:
+        db.call(
+            lambda: trial.set_user_attr("train_s", round(train_s, 3)),
+            "record the trial's time in train()",
+        )
     if outcome.state == "interrupted":
         why = f"Interrupted: the worker received {stop.name}"
         db.call(

@@ -10,13 +10,16 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from confit import Config
 
 from tuner.config import TuningSettings
 from tuner.errors import HpcTuneError
 from tuner.space import apply_values, set_path
+
+if TYPE_CHECKING:
+    from tuner.training import TrainTime
 
 ScoreCallback = Callable[[int, float], None]
 ALLOW_CPU_ENV = "HPC_TUNE_ALLOW_CPU"
@@ -40,6 +43,12 @@ class TrialRequest:
 
 
 class Objective(Protocol):
+    """A trial plug-in.
+
+    A plug-in may also set a `train_s` attribute in `run`: the seconds it spent training,
+    inside EDS-NLP's `train()`. The worker records it as the trial's `train_s` user attribute.
+    """
+
     def prepare(self) -> None:
         """Pay the per-process costs (imports, first config resolution) once."""
 
@@ -81,6 +90,7 @@ class EdsnlpObjective:
         self.config = Config.from_yaml_str(Path(config_path).read_text(encoding="utf-8"))
         self.tuning = tuning
         self.phase = phase
+        self.train_s: float | None = None
 
     def prepare(self) -> None:
         from tuner import training
@@ -91,10 +101,22 @@ class EdsnlpObjective:
     def run(self, request: TrialRequest, on_score: ScoreCallback) -> float:
         from tuner import training
 
+        train_time = training.TrainTime()
+        try:
+            return self._train(request, on_score, train_time)
+        finally:
+            self.train_s = train_time.seconds
+
+    def _train(
+        self, request: TrialRequest, on_score: ScoreCallback, train_time: TrainTime
+    ) -> float:
+        from tuner import training
+
+        metric = self.tuning.metric_parts
         seeds = training_seeds(self.tuning, phase=self.phase)
         if not seeds:
             config = trial_config(self.config, self.tuning, request)
-            return training.train_trial(config, self.tuning.metric_parts, on_score)
+            return training.train_trial(config, metric, on_score, train_time)
 
         # EDS-NLP's training_seeds: train once per seed and score the mean. Only the first
         # seed's validations reach the pruner, so steps are reported once.
@@ -105,7 +127,7 @@ class EdsnlpObjective:
                 self.config, self.tuning, replace(request, seed=seed, trial_dir=seed_dir)
             )
             callback = on_score if index == 0 else _ignore_score
-            scores.append(training.train_trial(config, self.tuning.metric_parts, callback))
+            scores.append(training.train_trial(config, metric, callback, train_time))
         return sum(scores) / len(scores)
 
 

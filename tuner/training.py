@@ -11,6 +11,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import chain
 from numbers import Real
 from typing import Any
@@ -26,10 +27,19 @@ ScoreCallback = Callable[[int, float], None]
 DEFAULT_TRAIN_SEED = 42
 DEFAULT_MAX_STEPS = 1000
 MAX_KEYS_SHOWN = 15
+# Set to 1, they keep huggingface_hub, transformers and datasets from using the network.
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
 class PruneRequested(Exception):
     """Raised by a score callback to stop the training of a trial that the pruner stopped."""
+
+
+@dataclass
+class TrainTime:
+    """Seconds spent inside EDS-NLP's `train()`, summed over the calls that share this object."""
+
+    seconds: float = 0.0
 
 
 def format_path(parts: Sequence[str | int]) -> str:
@@ -116,14 +126,16 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def set_offline_environment() -> None:
-    """Keep Hugging Face libraries off the network, unless the environment already decides.
+def set_offline_environment(offline: bool = True) -> None:
+    """Keep Hugging Face libraries off the network in this process when `offline` is true.
 
-    Models already on disk or in the Hugging Face cache still load. Both variables are read
+    Models already on disk or in the Hugging Face cache still load. The variables are read
     when `huggingface_hub` and `transformers` are imported, so call this before that import.
+    With `offline` false the environment is left as it is. Training itself never sets them:
+    the job's environment decides (see `hpc.offline`).
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if offline:
+        os.environ.update({name: "1" for name in OFFLINE_VARIABLES})
 
 
 def resolve_training(config: Any) -> dict[str, Any]:
@@ -134,7 +146,6 @@ def resolve_training(config: Any) -> dict[str, Any]:
     lazy imports of the transformers model code. Later calls take a fraction of a second
     with the tiny example model.
     """
-    set_offline_environment()
     import edsnlp
     from confit import Config
 
@@ -148,14 +159,18 @@ def warm_up(config: Any) -> None:
     per trial.
     """
     start_s = time.monotonic()
-    set_offline_environment()
     import edsnlp.training  # noqa: F401  (imports torch, transformers and accelerate)
 
     resolve_training(config)
     logger.info("EDS-NLP imported and the config resolved in %.1f s", time.monotonic() - start_s)
 
 
-def train_trial(config: Any, metric_paths: Sequence[MetricPath], on_score: ScoreCallback) -> float:
+def train_trial(
+    config: Any,
+    metric_paths: Sequence[MetricPath],
+    on_score: ScoreCallback,
+    train_time: TrainTime | None = None,
+) -> float:
     """Train the pipeline of one trial and return its metric at the last validation.
 
     Args:
@@ -164,6 +179,8 @@ def train_trial(config: Any, metric_paths: Sequence[MetricPath], on_score: Score
         metric_paths: Paths in the scorer output; the trial value is their mean.
         on_score: Called with (step, value) after each validation. It may raise (for example
             PruneRequested) to stop the training; the exception propagates unchanged.
+        train_time: If given, the seconds spent inside EDS-NLP's `train()` are added to it,
+            also when the training raises.
 
     Returns:
         The metric of the final model.
@@ -171,7 +188,6 @@ def train_trial(config: Any, metric_paths: Sequence[MetricPath], on_score: Score
     Raises:
         TrialError: The loss or the metric became NaN, or validation produced no metric.
     """
-    set_offline_environment()
     from confit.utils.random import set_seed
     from edsnlp.training import train
 
@@ -195,6 +211,7 @@ def train_trial(config: Any, metric_paths: Sequence[MetricPath], on_score: Score
         on_score(step, value)
 
     arguments["on_validation_callback"] = on_validation
+    train_start_s = time.monotonic()
     try:
         nlp = train(**arguments)
     except ValueError as error:
@@ -205,6 +222,9 @@ def train_trial(config: Any, metric_paths: Sequence[MetricPath], on_score: Score
                 "bounds in tuning.hyperparameters."
             ) from error
         raise
+    finally:
+        if train_time is not None:
+            train_time.seconds += time.monotonic() - train_start_s
 
     # EDS-NLP 0.22 validates only at multiples of validation_interval, so the last validation
     # may have scored an earlier model: score the final one.
