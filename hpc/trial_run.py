@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
+import sqlalchemy
 from optuna.storages import RDBStorage
 
 from hpc import signals
@@ -129,7 +130,7 @@ def _record_end(
     )
     complete = outcome.state == "complete"
     db.call(
-        lambda: _keep_best_models(study, spec, trial.number, complete=complete),
+        lambda: _keep_best_models(rdb, spec, trial.number, complete=complete),
         "list the best trials",
     )
 
@@ -198,23 +199,36 @@ def record_outcome(
         fail_and_retry(study, trial, error, max_retries=max_retries)
 
 
-def _keep_best_models(study: optuna.Study, spec: WorkerSpec, number: int, complete: bool) -> None:
+_OUTSIDE_BEST_SQL = sqlalchemy.text(
+    """
+    SELECT t.number
+    FROM trials t
+    JOIN studies s ON s.study_id = t.study_id
+    JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0
+    WHERE s.study_name = :study_name AND t.state = 'COMPLETE'
+    ORDER BY v.value DESC, t.number
+    OFFSET :keep
+    """
+)
+
+
+def _keep_best_models(rdb: RDBStorage, spec: WorkerSpec, number: int, complete: bool) -> None:
     """Delete saved models of all trials but the `keep_models` best complete ones.
 
-    A trial that did not complete deletes its own model. A complete trial reads only the
-    complete trials, and deletes the models of those outside the best `keep_models`: pruned
-    and failed trials were handled when they ended, so they are not listed again.
+    A trial that did not complete deletes its own model. A complete trial asks the database
+    for the numbers of the complete trials outside the best `keep_models` (studies maximize)
+    and deletes their models: pruned and failed trials were handled when they ended. Only
+    numbers are read, so the cost stays small on a study of thousands of trials.
     """
     if not complete:
         _delete_model(spec, number)
         return
-    ranked = sorted(
-        study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
-        key=lambda t: t.value,  # type: ignore[arg-type, return-value]
-        reverse=True,
-    )
-    for frozen in ranked[spec.keep_models :]:
-        _delete_model(spec, frozen.number)
+    with rdb.engine.connect() as connection:
+        outside = connection.execute(
+            _OUTSIDE_BEST_SQL, {"study_name": spec.study_name, "keep": spec.keep_models}
+        ).scalars()
+        for other in outside:
+            _delete_model(spec, int(other))
 
 
 def _delete_model(spec: WorkerSpec, number: int) -> None:

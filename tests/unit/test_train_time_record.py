@@ -8,7 +8,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import optuna
+import pytest
 
+from hpc import trial_run
 from hpc.sweep_state import SweepPaths
 from hpc.trial_host import TrialOutcome
 from hpc.trial_run import _record_end
@@ -19,6 +21,12 @@ class DirectDatabase:
 
     def call(self, operation: Callable[[], Any], what: str) -> Any:
         return operation()
+
+
+@pytest.fixture(autouse=True)
+def no_model_cleanup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model cleanup queries PostgreSQL; these trials save no model."""
+    monkeypatch.setattr(trial_run, "_keep_best_models", lambda *args, **kwargs: None)
 
 
 def record(tmp_path: Path, outcome: TrialOutcome) -> optuna.trial.FrozenTrial:
