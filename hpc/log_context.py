@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tuner.private_dirs import make_private_dir
+from tuner.private_dirs import make_private_dir, match_folder_access
 
 CONTEXT_FIELDS = ("job", "task", "worker", "trial")
 UNKNOWN = "-"
@@ -33,7 +33,6 @@ LOG_FORMAT = HEADER_FORMAT + " %(message)s"
 WORKER_LOG_DIR = "workers"
 # Reaping by the finalize job, the coordinator, `status` and `cancel`, for `logs --trial N`.
 REAPER_LOG = "reaper.log"
-LOG_FILE_MODE = 0o600
 MAX_ERROR_LINE_CHARS = 300
 CUT_MARK = " [...]"
 
@@ -85,8 +84,9 @@ def trial_context(number: int) -> Iterator[None]:
 def worker_log_file(jobs_dir: Path, worker_id: int) -> Iterator[Path]:
     """Copy this process's log lines to `jobs_dir/workers/worker-<NNNN>.log` inside the block.
 
-    The file is appended to, with mode 0600 in a folder of mode 0700 (2750 in a checkpoint
-    directory shared with a group). The process's standard error keeps its copy of each line.
+    The file is appended to, with mode 0600 in a folder of mode 0700 (0640 in a folder of mode
+    2750, in a checkpoint directory shared with a group). The process's standard error keeps
+    its copy of each line.
     """
     folder = jobs_dir / WORKER_LOG_DIR
     make_private_dir(folder)
@@ -96,8 +96,12 @@ def worker_log_file(jobs_dir: Path, worker_id: int) -> Iterator[Path]:
 
 @contextmanager
 def log_file(path: Path) -> Iterator[Path]:
-    """Copy this process's log lines to `path` (appended to, mode 0600) inside the block."""
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, LOG_FILE_MODE))
+    """Copy this process's log lines to `path` (appended to) inside the block.
+
+    The file gets mode 0600, or 0640 in a group-shared folder.
+    """
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+    match_folder_access(path)
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setFormatter(LogLineFormatter())
     root = logging.getLogger()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.errors import HpcTuneError
-from tuner.private_dirs import group_access, make_private_dir
+from tuner.private_dirs import group_access, make_private_dir, match_folder_access
 
 SWEEP_FILE = "sweep.json"
 STATE_VERSION = 1
@@ -63,7 +63,10 @@ def study_name(sweep_name: str, phase: int) -> str:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    """Write JSON through a temporary file and a rename, so readers never see half a file.
+
+    The file gets mode 0600, or 0640 when `path.parent` is shared with a group.
+    """
     make_private_dir(path.parent)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -72,7 +75,7 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
             file.write("\n")
             file.flush()
             os.fsync(file.fileno())
-        os.chmod(temporary, 0o600)
+        match_folder_access(Path(temporary))  # 0600, or 0640 in a group-shared folder
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tuner.objectives import ObjectiveSpec, TrialRequest, build_objective
-from tuner.private_dirs import make_private_dir
+from tuner.private_dirs import make_private_dir, match_folder_access
 from tuner.redaction import redacted_message, redacted_traceback
 from tuner.training import PruneRequested
 
@@ -298,6 +298,7 @@ def _redirect_output(log_path: Path) -> None:
     sys.stderr.flush()
     make_private_dir(log_path.parent)
     descriptor = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    match_folder_access(log_path)  # 0640 in a checkpoint directory shared with a group
     os.dup2(descriptor, 1)
     os.dup2(descriptor, 2)
     os.close(descriptor)

@@ -9,8 +9,10 @@ its parent is such a folder of the user. So a worker needs no setting to create 
 folder: the folder it is created in decides.
 
 mkdir's mode is reduced by the process umask, so modes are set with chmod after creation.
-Folders that already exist are never changed: a folder wider than expected, or of another
-group, is logged once per process with the command that fixes it.
+Files that hpc-tune writes into these folders (`sweep.json`, logs) get mode 0600, or 0640 in
+a group-shared folder (`match_folder_access`). Folders that already exist are never changed:
+a folder wider than expected, or of another group, is logged once per process with one
+command that fixes it and everything inside it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import grp
 import logging
 import os
 import pwd
+import shlex
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,8 +125,7 @@ def make_private_dir(folder: Path, access: FolderAccess | None = None) -> Path:
             break
         missing.append(candidate)
     if not missing:
-        expected = access if access is not None else inherited_access(folder.parent)
-        warn_about_access(folder, expected)
+        warn_about_access(folder, access if access is not None else _existing_access(folder))
         return folder
     if access is None:
         access = inherited_access(missing[-1].parent)
@@ -150,6 +152,25 @@ def inherited_access(parent: Path) -> FolderAccess:
     return FolderAccess(name, status.st_gid)
 
 
+def _existing_access(folder: Path) -> FolderAccess:
+    """Return the access an existing folder should have when the caller requests none.
+
+    A group-shared folder of the user keeps its group: hpc-tune made it so on request. Any
+    other folder should have the access of its parent.
+    """
+    own = inherited_access(folder)
+    return own if own.gid is not None else inherited_access(folder.parent)
+
+
+def match_folder_access(path: Path) -> None:
+    """Give a file hpc-tune wrote in a folder the file mode of that folder's access.
+
+    Files in a group-shared folder get mode 0640 (the setgid bit of the folder has given them
+    its group), and files elsewhere 0600. The process umask (077) would make them all 0600.
+    """
+    os.chmod(path, inherited_access(Path(path).parent).file_mode)
+
+
 def set_file_access(path: Path, access: FolderAccess) -> None:
     """Give a file hpc-tune wrote the mode and group of `access` (symbolic links are skipped)."""
     path = Path(path)
@@ -161,13 +182,15 @@ def set_file_access(path: Path, access: FolderAccess) -> None:
 
 
 def warn_about_access(folder: Path, access: FolderAccess) -> None:
-    """Log once per process when `access` and an existing folder differ in who can open it.
+    """Log once per folder tree when `access` and an existing folder differ in who can open it.
 
     The folder is left as it is: the user or an older version made it, and changing a user's
-    permissions silently could break what they set up on purpose.
+    permissions silently could break what they set up on purpose. The logged command fixes
+    the folder and everything inside it, so folders inside a folder already logged are not
+    logged again.
     """
     folder = Path(folder)
-    if folder in _warned:
+    if any(logged in _warned for logged in (folder, *folder.parents)):
         return
     try:
         status = folder.stat()
@@ -185,17 +208,30 @@ def warn_about_access(folder: Path, access: FolderAccess) -> None:
     if not problems:
         return
     _warned.add(folder)
-    fixes = [f"chmod {access.dir_mode:o} {folder}"]
-    if wrong_group:
-        fixes.insert(0, f"chgrp {access.group} {folder}")
     logger.warning(
         "Folder %s already exists with mode %04o and group %s: %s. hpc-tune leaves existing "
-        "folders as they are; to fix it, run: %s",
+        "folders as they are. To fix this folder and everything inside it, run: %s",
         folder,
         mode,
         _group_name(status.st_gid),
         " and ".join(problems),
-        " && ".join(fixes),
+        access_fix_command(folder, access),
+    )
+
+
+def access_fix_command(folder: Path, access: FolderAccess) -> str:
+    """Return the shell command that gives the tree under `folder` the access `access`.
+
+    Shared: the group, read for the group on files and folders (`X` adds the search bit to
+    folders only), nothing for other users, and the setgid bit on folders only (on a file it
+    would mean something else). Private: nothing for the group and other users.
+    """
+    quoted = shlex.quote(str(folder))
+    if access.gid is None:
+        return f"chmod -R go-rwx {quoted}"
+    return (
+        f"chgrp -R {shlex.quote(str(access.group))} {quoted} && chmod -R g+rX,g-w,o-rwx {quoted} "
+        f"&& find {quoted} -type d -exec chmod g+s {{}} +"
     )
 
 

@@ -8,11 +8,12 @@ cannot be told apart, so the rule is an allowlist:
 - The message is kept whole for hpc-tune's own errors, whose messages hpc-tune writes from
   config values and metrics, and for out-of-memory errors (`torch.cuda.OutOfMemoryError`,
   `MemoryError`), whose messages are about memory sizes.
-- For any other type the message is withheld. The error's type, the file, line and function
-  that raised it, the message's length, and what the message contains from a short list of
-  kinds that cannot be prose are kept: file paths, numbers, identifiers with an underscore
-  (`CUBLAS_STATUS_ALLOC_FAILED`), spaCy error codes (`[E024]`) and the phrases that
-  `tuner.retry_policy` looks for (`CUDA out of memory`).
+- For any other type the message is withheld. The log keeps the error's type, the file, line
+  and function that raised it (a place in the code, not data), the message's length, and
+  which of the fixed phrases that `tuner.retry_policy` looks for (`CUDA out of memory`) the
+  message contains. Nothing else of the message is kept: in a clinical note the numbers
+  (patient and social security numbers, dates), file names (which may hold a patient's name)
+  and identifiers are the most sensitive part.
 
 Tracebacks keep their code lines, which come from source files, and get the same rule for the
 message of each exception in the chain.
@@ -20,7 +21,6 @@ message of each exception in the chain.
 
 from __future__ import annotations
 
-import re
 import traceback
 from pathlib import Path
 from types import TracebackType
@@ -29,17 +29,8 @@ from tuner.errors import HpcTuneError
 from tuner.retry_policy import DETERMINISTIC_MESSAGES
 
 SAFE_TYPE_NAMES = frozenset({"OutOfMemoryError", "MemoryError"})
-KEPT_PHRASES = (*DETERMINISTIC_MESSAGES, "NaN loss")
-MAX_KEPT_TOKENS = 12
-MAX_TOKEN_CHARS = 200
 MAX_MESSAGE_CHARS = 2000
 CUT_MARK = " [...]"
-
-_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?%?$")
-_IDENTIFIER = re.compile(r"^[A-Za-z][A-Za-z0-9]*(_[A-Za-z0-9]+)+$")
-_ERROR_CODE = re.compile(r"^\[[EW]\d{3,4}\]$")
-_PATH = re.compile(r"^(~|\.{1,2})?/[^\s'\"`]*$|^[\w.-]+(/[\w.-]+)*/[\w.-]+\.[A-Za-z0-9]{1,6}$")
-_EDGE_PUNCTUATION = "\"'`«»“”‘’(){}<>,;:!?"
 # The lines Python prints between chained exceptions (CPython 3.10 to 3.12).
 CAUSE_LINE = "\nThe above exception was the direct cause of the following exception:\n\n"
 CONTEXT_LINE = "\nDuring handling of the above exception, another exception occurred:\n\n"
@@ -64,29 +55,23 @@ def describe_error(error: BaseException) -> str:
 
 
 def withheld_message(message: str, raised_at: str | None = None) -> str:
-    """Return what a log may show of an unsafe message: its length, place and safe tokens."""
+    """Return what a log may show of an unsafe message: its length, place and retry phrases."""
     parts = [f"message withheld because it may quote a document ({len(message)} characters"]
     if raised_at:
         parts.append(f"; raised at {raised_at}")
-    kept = safe_tokens(message)
+    kept = retry_phrases(message)
     if kept:
-        parts.append(f"; it contains: {' '.join(kept)}")
+        parts.append(f"; it contains: {', '.join(kept)}")
     return "".join(parts) + ")"
 
 
-def safe_tokens(message: str) -> list[str]:
-    """Return the known phrases, paths, numbers, identifiers and error codes in `message`."""
-    kept = [phrase for phrase in KEPT_PHRASES if phrase in message]
-    for word in message.split():
-        token = word.strip(_EDGE_PUNCTUATION).rstrip(".")
-        if not token or len(token) > MAX_TOKEN_CHARS or token in kept:
-            continue
-        if any(pattern.match(token) for pattern in (_NUMBER, _IDENTIFIER, _ERROR_CODE, _PATH)):
-            kept.append(token)
-        if len(kept) >= MAX_KEPT_TOKENS:
-            kept.append("[...]")
-            break
-    return kept
+def retry_phrases(message: str) -> list[str]:
+    """Return the phrases of `tuner.retry_policy.DETERMINISTIC_MESSAGES` found in `message`.
+
+    They are fixed strings of this code base, so keeping them reveals nothing of a document
+    except that it contained one, and the retry policy needs them to stop retrying.
+    """
+    return [phrase for phrase in DETERMINISTIC_MESSAGES if phrase in message]
 
 
 def raising_frame(trace: TracebackType | None) -> str | None:

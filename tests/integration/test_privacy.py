@@ -24,6 +24,14 @@ pytestmark = pytest.mark.integration
 # A sentence as a clinical note would hold it, with a word found nowhere else.
 MARKER_WORD = "Zorglubine7f3a"
 MARKER = f"Le patient présente une douleur thoracique sous {MARKER_WORD} depuis trois jours"
+# A note's header: a patient number (IPP), a social security number (NIR), a birth date, a
+# document id and a file named after the patient. Each string is found nowhere else.
+IDENTIFIERS = ("80012345", "1610375123456", "12/03/1961", "DOC-2024-000123", "dupont_jean")
+NOTE_HEADER = (
+    "IPP 80012345 NIR 1610375123456 né le 12/03/1961, note_id=DOC-2024-000123, "
+    "fichier /data/notes/dupont_jean.txt"
+)
+SECRETS = (MARKER_WORD, *IDENTIFIERS)
 JOB_TIMEOUT_S = 120
 
 
@@ -35,16 +43,21 @@ def files_under(*folders: Path) -> list[Path]:
     return [path for folder in folders for path in folder.rglob("*") if path.is_file()]
 
 
-def run_synthetic_sweep(folder: Path, database_url: str, **hpc: object) -> None:
-    """Run 3 trials of which 0 and 1 fail on a data error that quotes a note of `folder/data`."""
+def run_synthetic_sweep(folder: Path, database_url: str, **hpc: object) -> str:
+    """Run 3 trials of which 0 and 1 fail on a data error that quotes a note of `folder/data`.
+
+    Returns the standard output and error of `hpc sweep`.
+    """
     document = folder / "data" / "note.txt"
     document.parent.mkdir()
-    document.write_text(MARKER, encoding="utf-8")
+    document.write_text(f"{NOTE_HEADER}\n{MARKER}", encoding="utf-8")
     synthetic = {"duration_s": 0.2, "fail_trials": [0, 1], "fail_document": str(document)}
     write_config(folder, 3, executor="local", max_retries=0, synthetic=synthetic, **hpc)
     result = run_hpc("sweep", "--config", "config.yml", "--storage", database_url, cwd=folder)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert MARKER_WORD not in result.stdout + result.stderr
+    for secret in SECRETS:
+        assert secret not in result.stdout + result.stderr
+    return result.stdout + result.stderr
 
 
 def test_failure_text_nowhere(tmp_path: Path, database_url: str) -> None:
@@ -53,8 +66,9 @@ def test_failure_text_nowhere(tmp_path: Path, database_url: str) -> None:
 
     files = files_under(checkpoint, results)
     assert len(files) > 10
-    leaking = [str(path) for path in files if MARKER_WORD.encode() in path.read_bytes()]
-    assert leaking == []
+    for secret in SECRETS:
+        leaking = [str(path) for path in files if secret.encode() in path.read_bytes()]
+        assert leaking == [], secret
 
     trials = load_trials(database_url)
     assert [trial.state.name for trial in trials] == ["FAIL", "FAIL", "COMPLETE"]
@@ -63,9 +77,11 @@ def test_failure_text_nowhere(tmp_path: Path, database_url: str) -> None:
         assert error.startswith("ValueError: message withheld")
         assert "characters; raised at " in error
         assert "tuner/synthetic.py:" in error
+        assert "it contains" not in error
     for trial in trials:
-        assert MARKER_WORD not in json.dumps(trial.user_attrs, default=str)
-        assert MARKER_WORD not in json.dumps(trial.system_attrs, default=str)
+        for secret in SECRETS:
+            assert secret not in json.dumps(trial.user_attrs, default=str)
+            assert secret not in json.dumps(trial.system_attrs, default=str)
 
     trial_log = (checkpoint / "trials" / "00000" / "trial.log").read_text()
     assert "Traceback (most recent call last):" in trial_log
@@ -83,12 +99,14 @@ def test_private_modes(tmp_path: Path, database_url: str) -> None:
         assert mode_of(folder) == 0o700, folder
     for name in ("result_summary.txt", "config.yml", "plotly.min.js", "timeline.html"):
         assert mode_of(results / name) == 0o600, name
+    for path in (checkpoint / "sweep.json", checkpoint / "trials" / "00000" / "trial.log"):
+        assert mode_of(path) == 0o600, path
 
 
 def test_group_shared_modes(tmp_path: Path, database_url: str) -> None:
     group = grp.getgrgid(os.getegid()).gr_name
 
-    run_synthetic_sweep(tmp_path, database_url, share_with_group=group)
+    output = run_synthetic_sweep(tmp_path, database_url, share_with_group=group)
     checkpoint, results = tmp_path / "checkpoint", tmp_path / "results"
 
     for folder in _made_folders(checkpoint, results):
@@ -96,7 +114,14 @@ def test_group_shared_modes(tmp_path: Path, database_url: str) -> None:
         assert folder.stat().st_gid == os.getegid(), folder
     for name in ("result_summary.txt", "config.yml", "plotly.min.js", "timeline.html"):
         assert mode_of(results / name) == 0o640, name
-    assert mode_of(checkpoint / "sweep.json") == 0o600
+    assert "already exists with mode" not in output  # the folders have the requested access
+    # The files hpc-tune writes are readable by the group, so a colleague can read the logs.
+    trial_log = checkpoint / "trials" / "00000" / "trial.log"
+    worker_logs = list((checkpoint / "jobs" / "workers").glob("worker-*.log"))
+    assert worker_logs
+    for path in (checkpoint / "sweep.json", trial_log, *worker_logs):
+        assert mode_of(path) == 0o640, path
+        assert path.stat().st_gid == os.getegid(), path
 
 
 def _made_folders(checkpoint: Path, results: Path) -> tuple[Path, ...]:

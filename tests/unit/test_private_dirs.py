@@ -6,13 +6,15 @@ import grp
 import logging
 import os
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from hpc.log_context import log_file
 from hpc.settings import parse_hpc_section
-from hpc.sweep_state import SweepPaths
+from hpc.sweep_state import SweepPaths, write_json_atomic
 from tuner import private_dirs
 from tuner.errors import ConfigError
 from tuner.private_dirs import (
@@ -117,7 +119,7 @@ def test_existing_wide_folder_kept_and_warned(
     assert len(warnings) == 1
     assert "mode 0755" in warnings[0]
     assert "other users can open it" in warnings[0]
-    assert f"chmod 700 {folder}" in warnings[0]
+    assert f"chmod -R go-rwx {folder}" in warnings[0]
 
 
 def test_existing_private_folder_not_warned(
@@ -139,6 +141,65 @@ def test_sweep_paths_create(tmp_path: Path) -> None:
     for folder in (paths.root, paths.trials_dir, paths.jobs_dir):
         assert mode_of(folder) == 0o2750
         assert folder.stat().st_gid == os.getegid()
+
+
+def test_new_shared_sweep_not_warned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    make_private_dir(tmp_path / "ckpt")  # an existing private parent, as users keep one
+    paths = SweepPaths(tmp_path / "ckpt" / "sweep", group=own_group())
+
+    with caplog.at_level(logging.WARNING, logger="tuner.private_dirs"):
+        paths.create()
+        # What later steps do: write sweep.json, create folders with no access requested.
+        write_json_atomic(paths.sweep_file, {"version": 1})
+        make_private_dir(paths.root)
+        make_private_dir(paths.jobs_dir / "workers")
+        paths.create()
+
+    assert caplog.records == []
+    assert mode_of(paths.jobs_dir / "workers") == 0o2750
+
+
+def test_group_added_later_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    SweepPaths(tmp_path / "sweep").create()
+    make_private_dir(tmp_path / "sweep" / "trials" / "00000")
+    write_json_atomic(tmp_path / "sweep" / "sweep.json", {"version": 1})
+    shared = SweepPaths(tmp_path / "sweep", group=own_group())
+
+    with caplog.at_level(logging.WARNING, logger="tuner.private_dirs"):
+        shared.create()
+
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 1
+    assert f"group {own_group()} cannot open it" in warnings[0]
+    command = warnings[0].split("run: ", 1)[1]
+    assert command.startswith(f"chgrp -R {own_group()} {shared.root} && chmod -R g+rX")
+
+    subprocess.run(command, shell=True, check=True)
+    caplog.clear()
+    private_dirs._warned.clear()
+    with caplog.at_level(logging.WARNING, logger="tuner.private_dirs"):
+        shared.create()
+
+    assert caplog.records == []
+    for folder in (shared.root, shared.trials_dir, shared.trial_dir(0), shared.jobs_dir):
+        assert mode_of(folder) == 0o2750, folder
+    assert mode_of(shared.sweep_file) == 0o640
+
+
+def test_written_files_follow_folder(tmp_path: Path) -> None:
+    os.umask(0o077)  # as hpc's commands run
+    private = SweepPaths(tmp_path / "private")
+    shared = SweepPaths(tmp_path / "shared", group=own_group())
+
+    for paths, expected in ((private, 0o600), (shared, 0o640)):
+        paths.create()
+        write_json_atomic(paths.sweep_file, {"version": 1})
+        with log_file(paths.jobs_dir / "reaper.log") as log_path:
+            logging.getLogger("hpc.test").warning("a line")
+
+        assert mode_of(paths.sweep_file) == expected, paths.root
+        assert mode_of(log_path) == expected, paths.root
+        assert log_path.stat().st_gid == paths.root.stat().st_gid
 
 
 def test_unknown_group_rejected() -> None:

@@ -9,7 +9,7 @@ from tuner.redaction import (
     describe_error,
     redacted_message,
     redacted_traceback,
-    safe_tokens,
+    retry_phrases,
 )
 from tuner.retry_policy import decide
 
@@ -54,13 +54,42 @@ def test_data_errors_withheld(error: BaseException) -> None:
     assert "test_redaction.py" in text
 
 
-def test_paths_and_numbers_kept() -> None:
-    error = raised(BratParsingError("/data/train/doc12.ann", f"T1\tDISO 0 10\t{NOTE}"))
+# What a note's header holds: a patient number (IPP), a social security number (NIR), a birth
+# date, a document id and a file named after the patient.
+IDENTIFIERS = ("80012345", "1610375123456", "12/03/1961", "DOC-2024-000123", "dupont_jean")
+NOTE_HEADER = (
+    "IPP 80012345 NIR 1610375123456 né le 12/03/1961, note_id=DOC-2024-000123, "
+    "fichier /data/notes/dupont_jean.txt"
+)
 
-    text = redacted_message(error)
 
-    assert "it contains: /data/train/doc12.ann 0 10)" in text
-    assert f"({len(str(error))} characters" in text
+@pytest.mark.parametrize(
+    "error",
+    [
+        ValueError(NOTE_HEADER),
+        BratParsingError("/data/notes/dupont_jean.ann", f"T1\tDISO 0 10\t{NOTE_HEADER}"),
+        KeyError("80012345"),
+        FileNotFoundError(2, "No such file or directory", "/data/notes/dupont_jean.txt"),
+    ],
+)
+def test_numbers_paths_identifiers_withheld(error: BaseException) -> None:
+    text = describe_error(raised(error))
+
+    for identifier in IDENTIFIERS:
+        assert identifier not in text
+    assert "/data/notes" not in text
+    assert "it contains" not in text
+    assert f"({len(' '.join(str(error).split()))} characters" in text
+    assert "raised at " in text
+
+
+def test_error_codes_withheld() -> None:
+    text = describe_error(raised(ValueError(f"[E024] at ./data/dev/a.txt step 12 {NOTE}")))
+
+    assert "E024" not in text
+    assert "a.txt" not in text
+    assert "step" not in text
+    assert "it contains" not in text
 
 
 @pytest.mark.parametrize(
@@ -92,17 +121,10 @@ def test_old_torch_oom_still_not_retried() -> None:
     assert decide(describe_error(error), attempt=1, max_retries=2).retry is False
 
 
-def test_safe_tokens() -> None:
-    message = f"[E024] at ./data/dev/a.txt step 12 of 1e-3 max_steps {NOTE} 3.5%"
+def test_retry_phrases_only() -> None:
+    message = f"CUDA out of memory at 80012345 HIP out of memory {NOTE} CUDA_ERROR_X"
 
-    assert safe_tokens(message) == [
-        "[E024]",
-        "./data/dev/a.txt",
-        "12",
-        "1e-3",
-        "max_steps",
-        "3.5%",
-    ]
+    assert retry_phrases(message) == ["CUDA out of memory", "HIP out of memory"]
 
 
 def test_traceback_keeps_code_withholds_messages() -> None:
@@ -127,9 +149,11 @@ def test_traceback_keeps_code_withholds_messages() -> None:
 
 def test_traceback_notes_withheld() -> None:
     error = ValueError("tokenizer failed")
-    error.add_note(NOTE)
+    error.add_note(NOTE_HEADER)
 
     text = redacted_traceback(raised(error))
 
     assert "patient" not in text
+    for identifier in IDENTIFIERS:
+        assert identifier not in text
     assert "message withheld" in text
