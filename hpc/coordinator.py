@@ -20,11 +20,18 @@ from hpc.claims import Budget, budget_left, count_trials
 from hpc.hints import hpc_command, plural
 from hpc.log_context import REAPER_LOG, log_file
 from hpc.reaper import reap_lost_trials, reap_sweep
-from hpc.storage import check_jobs_can_authenticate, create_engine, hide_password, optuna_storage
+from hpc.storage import (
+    check_jobs_can_authenticate,
+    check_jobs_can_connect,
+    create_engine,
+    hide_password,
+    optuna_storage,
+)
 from hpc.sweep import (
     Storage,
     Sweep,
     SweepRequest,
+    check_storage,
     close_storage,
     create_or_load_study,
     load_sweep,
@@ -57,6 +64,11 @@ def run_sweep(request: SweepRequest) -> int:
     if new_sweep:
         # Checked before anything is created, so a broken config leaves nothing behind.
         _preflight(sweep, request)
+    # Also before anything is created: a refused connection leaves no folder behind.
+    url = check_storage(sweep, request)
+    if executor == "slurm" and url is not None:
+        check_jobs_can_authenticate(url)
+        check_jobs_can_connect(url)
 
     sweep.paths.create()
     if executor == "slurm":
@@ -268,8 +280,6 @@ def _submit_to_slurm(sweep: Sweep, request: SweepRequest, preflight_done: bool) 
     slurm_executor.test_scripts(sweep)
 
     storage = open_storage(sweep, request, create=True)
-    if storage.server is None:
-        check_jobs_can_authenticate(storage.url)
     study = create_or_load_study(sweep, storage)
     write_state(sweep, storage, executor="slurm")
 

@@ -7,6 +7,7 @@ The hints match phrases of libpq's first error line, as libpq 17 (the one in psy
 from __future__ import annotations
 
 import os
+import re
 
 from sqlalchemy.engine import URL
 
@@ -48,8 +49,19 @@ def connection_hint(reason: str, url: URL) -> str:
         return f"The server accepts this user over SSL only. {SSL_SETTINGS}."
     if "server does not support ssl" in lowered:
         return (
-            "The server does not offer SSL: remove sslmode from the URL and PGSSLMODE, or ask "
-            "the database's administrators which settings to use."
+            "The server does not offer SSL. First check that the URL's host and port are the "
+            "database's: another server may listen there. If they are, ask the database's "
+            "administrators which SSL settings to use before you remove sslmode from the URL "
+            "and PGSSLMODE."
+        )
+    role = re.search(r'role "([^"]*)" does not exist', reason)
+    if role:
+        return f"The server has no role {role.group(1)}: correct the user in the storage URL."
+    if "no pg_hba.conf entry" in lowered or "pg_hba.conf rejects" in lowered:
+        return (
+            "The server's pg_hba.conf does not let this user log in to this database from "
+            "this host: check the URL's user and database, or ask the database's administrators "
+            "to allow them."
         )
     return (
         "Check that the server runs and accepts this user, and that ~/.pgpass or PGPASSFILE "
@@ -72,6 +84,33 @@ def schema_hint(schema: str, role: str, database: str) -> str:
         f"database's administrators to run: CREATE SCHEMA {schema} AUTHORIZATION {role}; "
         f"or to give the right to create schemas: GRANT CREATE ON DATABASE {database} TO {role};"
     )
+
+
+def owned_schema_hint(schema: str, role: str, owner: str) -> str:
+    """Return what a user does when the schema of their login belongs to another role."""
+    return (
+        f"hpc-tune names the schema after the Unix login (hpc_tune_<login>), so one login must "
+        f"always connect as the same role. Use role {owner} in the storage URL, as the earlier "
+        f"sweeps of this login did, or run hpc-tune from another Unix login."
+    )
+
+
+# libpq's messages for a refused login: waiting does not help, the settings must change.
+AUTHENTICATION_FAILURES = (
+    "password authentication failed",
+    "no password supplied",
+    "no pg_hba.conf entry",
+    "pg_hba.conf rejects",
+    "authentication failed",
+)
+
+
+def is_authentication_failure(reason: str) -> bool:
+    """Return whether libpq's error line means the server refused this user's login."""
+    lowered = reason.lower()
+    if any(phrase in lowered for phrase in AUTHENTICATION_FAILURES):
+        return True
+    return bool(re.search(r'\b(role|database) "[^"]*" does not exist', lowered))
 
 
 def _password_hint(url: URL) -> str:

@@ -3,7 +3,8 @@
 A worker's connections are opened per operation (NullPool), so after a server restart or a
 `pg_terminate_backend` the next attempt simply connects again. A trial that finished while
 the database was away records its value once the database responds. An outage longer than
-`hpc.db_retry_s` ends the worker with an error that names the server and what to check.
+`hpc.db_retry_s` ends the worker with an error that names the server and what to check. A
+refused login (wrong password, unknown role, pg_hba.conf) ends it at once, with the fix.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from typing import TypeVar
 
 import optuna
 import sqlalchemy
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
+from hpc import db_access
 from tuner.errors import HpcTuneError
 
 logger = logging.getLogger(__name__)
@@ -29,6 +33,15 @@ MAX_DELAY_S = 30.0
 
 class DatabaseUnavailable(HpcTuneError):
     """The database did not respond within the worker's retry window."""
+
+
+class DatabaseLoginRefused(DatabaseUnavailable):
+    """The server refused the worker's login (password, role or pg_hba.conf): never retried."""
+
+
+def is_authentication_error(error: BaseException) -> bool:
+    """Return whether `error` is a refused login, which retrying cannot fix."""
+    return is_connection_error(error) and db_access.is_authentication_failure(_first_line(error))
 
 
 def is_connection_error(error: BaseException) -> bool:
@@ -67,6 +80,12 @@ def with_retries(
         except Exception as error:
             if not is_connection_error(error):
                 raise
+            if is_authentication_error(error):
+                # A waiting worker keeps its GPUs allocated, so a rejected login stops it at once.
+                raise DatabaseLoginRefused(
+                    f"The database at {where} rejected the worker's login while it tried to "
+                    f"{what}: {describe(error)}. {_login_hint(error, where)}"
+                ) from error
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DatabaseUnavailable(
@@ -77,8 +96,7 @@ def with_retries(
                 ) from error
             if attempt == 1:
                 logger.warning(
-                    "The database does not respond while trying to %s (%s); retrying for up "
-                    "to %.0f s.",
+                    "Cannot reach the database while trying to %s (%s); retrying for up to %.0f s.",
                     what,
                     describe(error),
                     window_s,
@@ -95,9 +113,27 @@ def with_retries(
 
 def describe(error: BaseException) -> str:
     """Name the root cause of a database error in one line (Optuna wraps the driver's)."""
+    root = _root(error)
+    return f"{type(root).__name__}: {_first_line(error) or 'no message'}"
+
+
+def _root(error: BaseException) -> BaseException:
     while error.__cause__ is not None:
         error = error.__cause__
     if isinstance(error, sqlalchemy.exc.DBAPIError) and error.orig is not None:
         error = error.orig
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else 'no message'}"
+    return error
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(_root(error)).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _login_hint(error: BaseException, where: str) -> str:
+    """Return db_access's fix for a refused login; `where` is the URL without password."""
+    try:
+        url = make_url(where)
+    except ArgumentError:
+        return "Check the user, database and password file of the storage URL."
+    return db_access.connection_hint(_first_line(error), url)

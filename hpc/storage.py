@@ -6,7 +6,10 @@ import getpass
 import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+from urllib.parse import unquote
 
 import optuna
 import sqlalchemy
@@ -24,6 +27,19 @@ STORAGE_ENV = "HPC_TUNE_STORAGE"
 DRIVER = "postgresql+psycopg2"
 # libpq connection parameters that carry a secret when put in a URL's query.
 SECRET_QUERY_KEYS = ("password", "passfile", "sslpassword")
+# Connection parameters of libpq 17 (the one in psycopg2-binary 2.9.13), less the secret ones;
+# libpq itself rejects any other name with 'invalid connection option'.
+LIBPQ_PARAMETERS = (
+    "host", "hostaddr", "port", "dbname", "user", "connect_timeout", "client_encoding",
+    "options", "application_name", "fallback_application_name", "keepalives",
+    "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout",
+    "replication", "gssencmode", "sslmode", "sslnegotiation", "sslcompression", "sslcert",
+    "sslkey", "sslcertmode", "sslrootcert", "sslcrl", "sslcrldir", "sslsni", "requirepeer",
+    "require_auth", "ssl_min_protocol_version", "ssl_max_protocol_version", "krbsrvname",
+    "gsslib", "gssdelegation", "service", "target_session_attrs", "load_balance_hosts",
+    "channel_binding",
+)  # fmt: skip
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 def parse_storage_url(url: str, source: str) -> URL:
@@ -54,6 +70,7 @@ def parse_storage_url(url: str, source: str) -> URL:
             "or in the file named by PGPASSFILE (PGPASSWORD works for local workers only: Slurm "
             "jobs never receive it)."
         )
+    _check_query(parsed, source)
     if parsed.get_backend_name() != "postgresql":
         raise ConfigError(
             f"{source}: {parsed.get_backend_name()!r} is not supported: hpc-tune keeps studies in "
@@ -66,10 +83,38 @@ def parse_storage_url(url: str, source: str) -> URL:
     return parsed
 
 
+def _check_query(parsed: URL, source: str) -> None:
+    """Reject query parameters that libpq does not know, and an invalid sslmode."""
+    for key, value in parsed.query.items():
+        if key not in LIBPQ_PARAMETERS:
+            raise ConfigError(
+                f"{source}: unknown connection parameter {key!r} in the storage URL's query. "
+                f"libpq's parameters are: {', '.join(LIBPQ_PARAMETERS)}."
+            )
+        if key == "sslmode" and value not in SSLMODES:
+            raise ConfigError(
+                f"{source}: sslmode={value!r} in the storage URL is not a valid sslmode. Use one "
+                f"of: {', '.join(SSLMODES)}."
+            )
+
+
 def hide_password(url: URL | str) -> str:
-    """Render a URL for logs and messages, with any password masked."""
+    """Render a URL for logs, messages and `sweep.json`, with any password masked.
+
+    The query is shown decoded (`sslrootcert=/path/ca.crt`, not `%2Fpath%2Fca.crt`) when the
+    decoded text parses back to the same URL, so the result stays a valid URL.
+    """
     parsed = make_url(url) if isinstance(url, str) else url
-    return parsed.render_as_string(hide_password=True)
+    rendered = parsed.render_as_string(hide_password=True)
+    base, question_mark, query = rendered.partition("?")
+    if not question_mark:
+        return rendered
+    decoded = f"{base}?{unquote(query)}"
+    try:
+        same = make_url(decoded).query == parsed.query
+    except ArgumentError:
+        same = False
+    return decoded if same else rendered
 
 
 def user_schema(user: str | None = None) -> str:
@@ -107,7 +152,9 @@ def ensure_schema(url: URL | str, schema: str) -> None:
                 sqlalchemy.text("SELECT current_user, current_database()")
             ).one()
             exists = connection.execute(
-                sqlalchemy.text("SELECT 1 FROM pg_namespace WHERE nspname = :schema"),
+                sqlalchemy.text(
+                    "SELECT pg_get_userbyid(nspowner) FROM pg_namespace WHERE nspname = :schema"
+                ),
                 {"schema": schema},
             ).first()
             connection.execute(sqlalchemy.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
@@ -130,9 +177,10 @@ def ensure_schema(url: URL | str, schema: str) -> None:
     finally:
         engine.dispose()
     if not allowed:
+        owner = exists[0] if exists is not None else "another role"
         raise ConfigError(
             f"Schema {schema} in {hide_password(url)} exists, and role {role} may not use it: "
-            f"another role owns it. " + db_access.schema_hint(schema, role, database)
+            f"role {owner} owns it. " + db_access.owned_schema_hint(schema, role, owner)
         )
 
 
@@ -217,6 +265,38 @@ def check_jobs_can_authenticate(url: URL | str) -> None:
         f"instead, and {problem}. Without it every job would fail to connect to "
         f"{hide_password(parsed)}. Fix the password file, then submit again."
     )
+
+
+def check_jobs_can_connect(url: URL) -> None:
+    """Connect as a Slurm job will, without PGPASSWORD, to test the password file's password.
+
+    Does nothing when PGPASSWORD is unset, because the login node's own check then used the
+    password file already.
+
+    Raises:
+        ConfigError: The connection failed, with libpq's reason and the fix.
+    """
+    if not os.environ.get("PGPASSWORD"):
+        return
+    with _without_pgpassword():
+        try:
+            check_connection(url, "the password file")
+        except ConfigError as error:
+            raise ConfigError(
+                "PGPASSWORD is set, but Slurm jobs never receive it and read the password file "
+                f"instead, and connecting that way failed. {error}"
+            ) from None
+
+
+@contextmanager
+def _without_pgpassword() -> Iterator[None]:
+    """Hide PGPASSWORD from libpq for the block, so that it reads the password file."""
+    saved = os.environ.pop("PGPASSWORD", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["PGPASSWORD"] = saved
 
 
 def _role_of(url: URL | str) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from sqlalchemy.engine import URL
 
 from hpc import tables
 from hpc.claims import StudyCounts, count_trials
@@ -34,6 +35,7 @@ from hpc.sweep_state import (
 )
 from tuner.config import LoadedConfig, load_config
 from tuner.errors import ConfigError, HpcTuneError
+from tuner.text import plural
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +164,8 @@ def open_storage(sweep: Sweep, request: SweepRequest, create: bool) -> Storage:
         return Storage(server.url, user_schema(), server, stop_server)
     if url is not None:
         parsed = parse_storage_url(url, source)
-        if recorded and not recorded_embedded and recorded != hide_password(parsed):
+        # Compared as parsed URLs: sweep.json of older versions contains the query percent-encoded.
+        if recorded and not recorded_embedded and hide_password(recorded) != hide_password(parsed):
             raise ConfigError(
                 f"{source}: sweep {sweep.name} keeps its study in {recorded}, not in "
                 f"{hide_password(parsed)}. Pass --storage {recorded}, or start a new sweep with "
@@ -177,6 +180,25 @@ def open_storage(sweep: Sweep, request: SweepRequest, create: bool) -> Storage:
         return Storage(recorded, user_schema())
     server, stop_server = _embedded_server(sweep, create)
     return Storage(server.url, user_schema(), server, stop_server)
+
+
+def check_storage(sweep: Sweep, request: SweepRequest) -> URL | None:
+    """Connect once to the sweep's PostgreSQL server, if it uses one, before anything is created.
+
+    Returns the parsed URL, or None for the embedded server.
+
+    Raises:
+        ConfigError: The URL differs from the sweep's recorded one, or the connection failed.
+    """
+    url, source = storage_setting(request, sweep.settings)
+    state = sweep.state or {}
+    if url == EMBEDDED or (url is None and (state.get("embedded") or not state.get("storage_url"))):
+        return None
+    if url is None:
+        url, source = state["storage_url"], str(sweep.paths.sweep_file)
+    parsed = parse_storage_url(url, source)
+    check_connection(parsed, source)
+    return parsed
 
 
 def close_storage(storage: Storage, force: bool = False) -> None:
@@ -219,7 +241,9 @@ def create_or_load_study(sweep: Sweep, storage: Storage) -> optuna.Study:
             "a new sweep: set another hpc.sweep_name and another tuning.checkpoint_dir."
         )
     else:
-        logger.info("Continuing study %s with %d trials.", sweep.study_name, len(study.trials))
+        logger.info(
+            "Continuing study %s with %s.", sweep.study_name, plural(len(study.trials), "trial")
+        )
     return study
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import psycopg2
 import psycopg2.errors
 import pytest
+import sqlalchemy
 from pg_server import SslPostgres, client_environment, start_server, write_pgpass
 from sweep_helpers import write_config
 
@@ -122,7 +123,8 @@ def test_verified_ssl_sweep_runs(site_server: SslPostgres, tmp_path: Path) -> No
     assert trial_states(site_server, database, "hpc_tune_alice") == ["COMPLETE", "COMPLETE"]
     state = json.loads((alice.folder / "checkpoint" / "sweep.json").read_text())
     assert "sslmode=verify-full" in state["storage_url"]
-    assert "sslrootcert=" in state["storage_url"]
+    # Shown decoded, as a path the user can read and paste.
+    assert f"sslrootcert={site_server.ca_cert}" in state["storage_url"]
     assert PASSWORDS["alice"] not in json.dumps(state)
 
 
@@ -152,7 +154,8 @@ def test_wrong_root_certificate_stops_sweep(
     assert "Point sslrootcert (URL query or PGSSLROOTCERT)" in result.stderr
     assert PASSWORDS["alice"] not in result.stdout + result.stderr
     assert "array job" not in result.stdout
-    assert not (alice.folder / "checkpoint" / "sweep.json").exists()
+    # The connection is checked before the checkpoint folder is created.
+    assert not (alice.folder / "checkpoint").exists()
 
 
 @pytest.mark.parametrize(
@@ -186,6 +189,7 @@ def test_password_file_problems_named(
     assert f"127.0.0.1:{site_server.port}:{database}:alice:PASSWORD" in result.stderr or (
         problem == "mode 0644" and f"chmod 0600 {pgpass_file}" in result.stderr
     )
+    assert not (alice.folder / "checkpoint").exists()
 
 
 def test_role_without_create_right(site_server: SslPostgres, tmp_path: Path) -> None:
@@ -274,7 +278,10 @@ def test_two_users_stay_apart(site_server: SslPostgres, tmp_path: Path) -> None:
     result = intruder.run("sweep", "--config", "config.yml", "--storage", intruder.url)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Schema hpc_tune_alice" in result.stderr
-    assert "role bob may not use it" in result.stderr
+    assert "role bob may not use it: role alice owns it" in result.stderr
+    assert "hpc_tune_<login>" in result.stderr
+    assert "Use role alice" in result.stderr
+    assert "CREATE SCHEMA" not in result.stderr
     assert snapshot_schema(site_server, database, "hpc_tune_alice") == alice_rows
 
 
@@ -360,3 +367,90 @@ def test_libpq_ssl_environment_reaches_jobs(site_server: SslPostgres, tmp_path: 
     assert b"PGSSLMODE=verify-full" in content
     assert f"PGSSLROOTCERT={site_server.ca_cert}".encode() in content
     assert f"PGPASSFILE={alice.environ['PGPASSFILE']}".encode() in content
+
+
+def test_wrong_pgpass_password_stops_slurm(site_server: SslPostgres, tmp_path: Path) -> None:
+    from sweep_helpers import skip_without_slurm
+
+    skip_without_slurm()
+    database = site_server.create_database(["alice"])
+    alice = site_user(site_server, database, tmp_path, "alice")
+    pgpass_file = write_pgpass(
+        Path(alice.environ["PGPASSFILE"]), site_server, "alice", "Wrong-Pw-0000"
+    )
+    # The right password in PGPASSWORD: the login node connects, the jobs would not.
+    alice.environ["PGPASSWORD"] = PASSWORDS["alice"]
+    write_config(alice.folder, n_trials=1, executor="slurm")
+
+    result = alice.run("sweep", "--config", "config.yml", "--storage", alice.url)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "PGPASSWORD is set, but Slurm jobs never receive it" in result.stderr
+    assert "password authentication failed" in result.stderr
+    assert f"Correct it in {pgpass_file}." in result.stderr
+    assert PASSWORDS["alice"] not in result.stdout + result.stderr
+    assert "array job" not in result.stdout
+    assert not (alice.folder / "checkpoint").exists()
+
+
+def test_misspelled_url_parameter(site_server: SslPostgres, tmp_path: Path) -> None:
+    database = site_server.create_database(["alice"])
+    alice = site_user(site_server, database, tmp_path, "alice")
+    write_config(alice.folder, n_trials=1, executor="local")
+    url = site_server.url("alice", database, sslmod="require")
+
+    result = alice.run("sweep", "--config", "config.yml", "--storage", url)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "--storage: unknown connection parameter 'sslmod'" in result.stderr
+    assert not (alice.folder / "checkpoint").exists()
+
+
+def test_worker_login_refused_at_once(
+    site_server: SslPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpc.db_retry import DatabaseLoginRefused, with_retries
+    from hpc.storage import create_engine, parse_storage_url
+
+    database = site_server.create_database(["alice"])
+    pgpass_file = write_pgpass(tmp_path / "pgpass", site_server, "alice", "Wrong-Pw-0000")
+    monkeypatch.setenv("PGPASSFILE", str(pgpass_file))
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    url = parse_storage_url(site_server.verified_url("alice", database), "--storage")
+    engine = create_engine(url, "hpc_tune_alice")
+
+    def connect() -> None:
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT 1"))
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(DatabaseLoginRefused) as caught:
+            # A retry would call sleep, which fails the test.
+            with_retries(connect, "register the worker", 600, str(url), sleep=pytest.fail)
+    finally:
+        engine.dispose()
+    assert time.monotonic() - started < 30
+    assert "password authentication failed" in str(caught.value)
+    assert f"Correct it in {pgpass_file}." in str(caught.value)
+
+
+def test_check_node_database_hint(
+    site_server: SslPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpc.check_node import _database_answer
+
+    database = site_server.create_database(["alice"])
+    pgpass_file = write_pgpass(tmp_path / "pgpass", site_server, "alice", PASSWORDS["alice"])
+    pgpass_file.chmod(0o644)
+    monkeypatch.setenv("PGPASSFILE", str(pgpass_file))
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+
+    answer = _database_answer(site_server.verified_url("alice", database))
+
+    assert answer["ok"] is False
+    assert "no password supplied" in answer["error"]
+    assert f"chmod 0600 {pgpass_file}" in answer["hint"]
+    assert f"sslrootcert={site_server.ca_cert}" in answer["url"]
