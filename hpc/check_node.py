@@ -195,8 +195,10 @@ def print_report(report: dict[str, Any], gpus_requested: int, allow_cpu: bool) -
     elif database["ok"]:
         print(f"  database:  answers ({database['url']}, SELECT 1 in {database['ms']:.0f} ms)")
     else:
-        print(f"  database:  DOES NOT ANSWER ({database['url']}): {database['error']}")
-        problems.append("the database does not answer from the node")
+        print(f"  database:  FAILED ({database['url']}): {database['error']}")
+        if database.get("hint"):
+            print(f"             {database['hint']}")
+        problems.append("the node cannot connect to the database")
 
     if problems:
         print("Result:    FAILED: " + "; ".join(problems) + ".")
@@ -230,6 +232,7 @@ def collect_report(storage: str | None) -> dict[str, Any]:
 def _database_answer(storage: str) -> dict[str, Any]:
     import sqlalchemy
 
+    from hpc import db_access
     from hpc.storage import create_engine, user_schema
 
     url = parse_storage_url(storage, "--storage")
@@ -239,8 +242,11 @@ def _database_answer(storage: str) -> dict[str, Any]:
         with engine.connect() as connection:
             connection.execute(sqlalchemy.text("SELECT 1"))
     except sqlalchemy.exc.SQLAlchemyError as error:
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()
-        return {"url": hide_password(url), "ok": False, "error": reason[0] if reason else "?"}
+        lines = str(getattr(error, "orig", None) or error).strip().splitlines()
+        reason = lines[0] if lines else "?"
+        # The same fix as 'sweep' gives, worked out on the node, with the node's password file.
+        hint = db_access.connection_hint(reason, url)
+        return {"url": hide_password(url), "ok": False, "error": reason, "hint": hint}
     finally:
         engine.dispose()
     elapsed_ms = (time.monotonic() - started) * 1000

@@ -120,12 +120,23 @@ def _parser() -> argparse.ArgumentParser:
     check_node.add_argument("--storage", help="PostgreSQL URL, if the sweep uses one")
     check_node.add_argument(
         "--timeout-s",
-        type=float,
+        type=_positive_seconds,
         default=600.0,
         help="seconds to wait for the job, queue time included (default 600); then it is cancelled",
     )
     check_node.set_defaults(handler=_check_node)
     return parser
+
+
+def _positive_seconds(text: str) -> float:
+    """Parse a number of seconds above zero, for argparse."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return seconds
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:

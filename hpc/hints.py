@@ -7,13 +7,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tuner.text import plural as plural
+
 if TYPE_CHECKING:
     from hpc.sweep import Sweep
-
-
-def plural(number: int, noun: str) -> str:
-    """Return `1 trial` or `3 trials`: the number with its noun, plural unless 1."""
-    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def hpc_command(verb: str, sweep: Sweep, *args: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 import submitit
 
 from hpc.claims import Budget, StudyCounts, best_value, count_trials
+from hpc.hints import plural
 from hpc.log_context import WORKER_LOG_DIR
 from hpc.storage import create_engine
 from hpc.sweep import Storage, Sweep
@@ -45,7 +46,7 @@ def launch(sweep: Sweep) -> list[submitit.Job]:
         executor.update_parameters(**parameters)
         jobs.append(executor.submit(worker_entry, str(sweep.paths.root)))
     print(
-        f"Started {len(jobs)} local workers; their logs are in "
+        f"Started {plural(len(jobs), 'local worker')}; their logs are in "
         f"{sweep.paths.jobs_dir / WORKER_LOG_DIR}"
     )
     return jobs

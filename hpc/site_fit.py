@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from hpc.hints import plural
 from hpc.site_limits import AccountingLimit, SiteLimits, read_site_limits
-from hpc.slurm_settings import derived_time_min
+from hpc.slurm_settings import SlurmSettings, derived_time_min
 from hpc.sweep import Sweep
 from tuner.errors import ConfigError
 
@@ -62,8 +64,8 @@ def fit_workers(
         raise SiteLimitError(
             f"hpc.workers: {workers} workers need array indices 0 to {workers - 1}, but this "
             f"cluster's MaxArraySize is {limits.max_array_size} and indices must be below it "
-            f"('scontrol show config'). Set hpc.workers (or --workers) to "
-            f"{limits.max_array_size} or fewer."
+            f"('scontrol show config'). Set hpc.workers to {limits.max_array_size} or fewer "
+            "(the sweep command's --workers option overrides it)."
         )
     for limit in limits.accounting:
         if limit.max_gpus_per_job is not None and gpus_per_task > limit.max_gpus_per_job:
@@ -131,6 +133,80 @@ def fit_workers(
             )
             workers = free - FINALIZE_JOBS
     return WorkerFit(workers, parallelism, tuple(warnings))
+
+
+def check_node_gpus(gpus_per_task: int, partition: str | None, limits: SiteLimits) -> None:
+    """Check that one node of the workers' partition has the GPUs that a worker requests.
+
+    Raises:
+        SiteLimitError: No node of the partition has `gpus_per_task` GPUs.
+    """
+    known = limits.partition(partition)
+    name = known.name if known is not None else partition
+    if gpus_per_task == 0 or name is None or name not in limits.node_gpus:
+        return
+    max_gpus = limits.node_gpus[name]
+    if gpus_per_task <= max_gpus:
+        return
+    if max_gpus == 0:
+        raise SiteLimitError(
+            f"hpc.slurm.gpus_per_task: {gpus_per_task} GPUs per worker, but the nodes of "
+            f"partition {name} have no GPUs ('scontrol show node'). Choose a partition with "
+            "GPUs in hpc.slurm.partition ('sinfo -o \"%P %G\"' lists them)."
+        )
+    raise SiteLimitError(
+        f"hpc.slurm.gpus_per_task: {gpus_per_task} GPUs per worker, but the nodes of partition "
+        f"{name} have at most {max_gpus} ({_gpus(max_gpus)}; 'scontrol show node'), and a "
+        f"worker runs on one node. Set hpc.slurm.gpus_per_task to {max_gpus} or fewer, or "
+        "choose a partition with larger nodes in hpc.slurm.partition."
+    )
+
+
+def check_qos(qos: str | None, limits: SiteLimits) -> None:
+    """Check that sacctmgr lists the QOS of `hpc.slurm.qos`, when it lists any.
+
+    Raises:
+        SiteLimitError: The QOS is not among those sacctmgr lists.
+    """
+    if qos is None or limits.qos_names is None or qos in limits.qos_names:
+        return
+    raise SiteLimitError(
+        f"hpc.slurm.qos: {qos!r} is not a QOS of this cluster ('sacctmgr show qos'). Known "
+        f"QOS: {', '.join(sorted(limits.qos_names))}. Correct hpc.slurm.qos, or remove it to "
+        "use your association's default QOS."
+    )
+
+
+def check_python_command(slurm: SlurmSettings) -> None:
+    """Check that the first word of `hpc.slurm.python` exists on this host.
+
+    The login and compute nodes usually share their software, so a command missing here
+    would most likely make every job fail at once with 'No such file or directory'. A
+    relative path is read from the current folder, which is the jobs' working folder too.
+
+    Raises:
+        SiteLimitError: The first word is a path that is not an executable file, or a
+            command that is not on PATH.
+    """
+    if not slurm.python:
+        return
+    command = slurm.python[0]
+    if "/" in command:
+        path = os.path.expanduser(command)
+        found = os.path.isfile(path) and os.access(path, os.X_OK)
+        where = "is not an executable file on this host"
+    else:
+        found = shutil.which(command) is not None
+        where = "is not on this host's PATH"
+    if found:
+        return
+    raise SiteLimitError(
+        f"hpc.slurm.python: {command!r} (the first word of {list(slurm.python)}) {where}, so "
+        "the jobs would fail at once. hpc-tune checks it on the submitting host because "
+        "login and compute nodes usually share their software. Correct the path or install "
+        "the command here; 'python -m hpc check-node --config CONFIG' runs it on a compute "
+        "node."
+    )
 
 
 def lowest_time_limit(
@@ -208,9 +284,15 @@ def fit_sweep(sweep: Sweep) -> Sweep:
     """
     slurm = sweep.settings.slurm
     finalize = slurm.finalize
+    # Inside a Slurm job (a finalize job that submits phase 2 or new workers) the command
+    # may run in the container that it starts, where its first word need not exist.
+    if not os.environ.get("SLURM_JOB_ID"):
+        check_python_command(slurm)
     limits = read_site_limits(
         slurm.partition, slurm.account, slurm.qos, extra_partitions=[finalize.partition]
     )
+    check_qos(slurm.qos, limits)
+    check_node_gpus(slurm.gpus_per_task, slurm.partition, limits)
     fitted = fit_workers(
         sweep.settings.workers, slurm.gpus_per_task, slurm.array_parallelism, limits
     )

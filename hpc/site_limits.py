@@ -15,6 +15,9 @@ Limits read (each one only where Slurm reports it):
 - GPU limits: `GrpTRES` of the user's association and `MaxTRESPerUser` of the QOS
   (`gres/gpu`) lower the workers (or `hpc.slurm.array_parallelism`) to the GPUs allowed at
   once, with a warning; `MaxTRES` (per job) below `hpc.slurm.gpus_per_task` is an error.
+- GPUs per node (`CfgTRES` of `scontrol show node`): a worker runs on one node, so
+  `hpc.slurm.gpus_per_task` above the largest node of its partition is an error.
+- QOS names (`sacctmgr show qos`): a `hpc.slurm.qos` that sacctmgr does not list is an error.
 
 The parsers are pure functions of the commands' text; `read_site_limits` runs the commands
 through the scheduler runner, and a limit it cannot read (no sacctmgr, accounting off, a
@@ -105,6 +108,10 @@ class SiteLimits:
     max_array_size: int | None = None
     partitions: Mapping[str, Partition] = field(default_factory=dict)
     accounting: tuple[AccountingLimit, ...] = ()
+    # The max GPUs (`gres/gpu`) of one node, by partition, or empty when not read.
+    node_gpus: Mapping[str, int] = field(default_factory=dict)
+    # Every QOS that sacctmgr lists, or None when it was not read.
+    qos_names: frozenset[str] | None = None
 
     def partition(self, name: str | None) -> Partition | None:
         """Return the named partition, or the default one for None; None when unknown."""
@@ -171,6 +178,24 @@ def parse_partitions(text: str) -> dict[str, Partition]:
             qos=None if qos.upper() in UNLIMITED_WORDS else qos,
         )
     return partitions
+
+
+def parse_node_gpus(text: str) -> dict[str, int]:
+    """Return the max GPUs of one node in each partition, from `scontrol -o show node`.
+
+    A node's GPUs are the `gres/gpu` count of its `CfgTRES`, all types together. A node
+    without that count has none.
+    """
+    max_gpus: dict[str, int] = {}
+    for line in text.splitlines():
+        values = dict(word.split("=", 1) for word in line.split() if "=" in word)
+        if not values.get("NodeName"):
+            continue
+        gpus = parse_tres_count(values.get("CfgTRES", "")) or 0
+        for name in values.get("Partitions", "").split(","):
+            if name:
+                max_gpus[name] = max(max_gpus.get(name, 0), gpus)
+    return max_gpus
 
 
 def parse_tres_count(tres: str, name: str = GPU_TRES) -> int | None:
@@ -303,17 +328,27 @@ def read_site_limits(
     user = user or getpass.getuser()
     config = _query(["scontrol", "show", "config"], "MaxArraySize")
     partitions = _query(["scontrol", "-o", "show", "partition"], "partition MaxTime")
+    nodes = _query(["scontrol", "-o", "show", "node"], "GPUs per node")
     limits = SiteLimits(
         max_array_size=parse_max_array_size(config) if config is not None else None,
         partitions=parse_partitions(partitions) if partitions is not None else {},
+        node_gpus=parse_node_gpus(nodes) if nodes is not None else {},
     )
     storage = parse_config_value(config or "", "AccountingStorageType") or ""
     if config is not None and "slurmdbd" not in storage:
         logger.info("Accounting limits not read: AccountingStorageType is %r.", storage or "unset")
         return limits
     cluster = parse_config_value(config or "", "ClusterName")
-    accounting = _read_accounting(limits, user, cluster, partition, account, qos, extra_partitions)
-    return dataclasses.replace(limits, accounting=accounting)
+    qos_text = _query(
+        ["sacctmgr", "-nP", "show", "qos", f"format={','.join(QOS_FIELDS)}"], "QOS limits"
+    )
+    qos_rows = {row["Name"]: row for row in parse_parsable_rows(qos_text or "", QOS_FIELDS)}
+    accounting = _read_accounting(
+        limits, user, cluster, partition, account, qos, extra_partitions, qos_text, qos_rows
+    )
+    # An empty list means that the query returned nothing usable, not that no QOS exists.
+    qos_names = frozenset(qos_rows) if qos_rows else None
+    return dataclasses.replace(limits, accounting=accounting, qos_names=qos_names)
 
 
 def _read_accounting(
@@ -324,6 +359,8 @@ def _read_accounting(
     account: str | None,
     qos: str | None,
     extra_partitions: Iterable[str | None],
+    qos_text: str | None,
+    qos_rows: Mapping[str, Mapping[str, str]],
 ) -> tuple[AccountingLimit, ...]:
     fields = ",".join(ASSOCIATION_FIELDS)
     # One slurmdbd may serve several clusters, each with its own associations.
@@ -331,9 +368,6 @@ def _read_accounting(
     assoc_text = _query(
         ["sacctmgr", "-nP", "show", "user", "withassoc", "where", *where, f"format={fields}"],
         "association limits",
-    )
-    qos_text = _query(
-        ["sacctmgr", "-nP", "show", "qos", f"format={','.join(QOS_FIELDS)}"], "QOS limits"
     )
     queued = _query(
         ["squeue", "-h", "-r", f"--user={user}", "--format=%a|%P|%q"], "the user's queued jobs"
@@ -350,7 +384,6 @@ def _read_accounting(
         count = count_queued_jobs(queued, association.get("Account"), own_partition)
         result.append(association_limit(association, count))
 
-    qos_rows = {row["Name"]: row for row in parse_parsable_rows(qos_text or "", QOS_FIELDS)}
     names = [job_qos(qos, association)]
     for name in (partition, *extra_partitions):
         found = limits.partition(name)

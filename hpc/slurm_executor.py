@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpc import scheduler, templates
-from hpc.hints import hpc_command
+from hpc.hints import hpc_command, plural
 from hpc.log_context import WORKER_LOG_DIR
 from hpc.slurm_settings import SlurmSettings, derived_time_min
 from hpc.sweep import Sweep
@@ -162,8 +162,8 @@ def print_submission(sweep: Sweep, submission: Submission) -> None:
     print(f"  finalize: job {submission.finalize_job_id} (after the workers, writes the report)")
     print(f"  logs:     {sweep.paths.jobs_dir / WORKER_LOG_DIR} (Slurm's: {submission.log_dir})")
     print(
-        f"  scripts:  {sbatch_dir(sweep)} (sbatch worker.sbatch adds {sweep.settings.workers} "
-        "more workers)"
+        f"  scripts:  {sbatch_dir(sweep)} (sbatch worker.sbatch adds "
+        f"{plural(sweep.settings.workers, 'more worker')})"
     )
     print(f"Follow:   {hpc_command('status', sweep)}")
     print(

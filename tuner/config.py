@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -110,6 +111,22 @@ class LoadedConfig:
         return replace(self, tuning=replace(self.tuning, **changes))
 
 
+def parse_yaml_config(text: str) -> Config:
+    """Parse a YAML config with confit, without its warning about JSON-like strings.
+
+    confit (0.12) tries to read every scalar as extended JSON, keeps the scalar as a plain
+    string when that fails, and warns "Some values may be malformed JSON objects" when the
+    string contains a quote, bracket, brace, comma or `$`. Hyperparameter paths such as
+    `optimizer.groups.'.*'.lr.warmup_rate` are such strings and are correct, so the warning
+    is silenced here. A value of the wrong type is still rejected by the key's validation.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Some values may be malformed JSON objects", category=UserWarning
+        )
+        return Config.from_yaml_str(text)
+
+
 def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> LoadedConfig:
     """Load a YAML config file and validate its `tuning:` section.
 
@@ -129,7 +146,7 @@ def load_config(path: str | Path, overrides: Mapping[str, Any] | None = None) ->
             "(.yml or .yaml), the format of EDS-NLP's tuning tutorial."
         )
     try:
-        config = Config.from_yaml_str(file.read_text(encoding="utf-8"))
+        config = parse_yaml_config(file.read_text(encoding="utf-8"))
     except Exception as error:  # YAML and confit parse errors have many types
         raise ConfigError(f"{file}: cannot parse the YAML config: {error}") from error
 

@@ -12,9 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from confit import Config
-
-from tuner.config import TuningSettings
+from tuner.config import TuningSettings, parse_yaml_config
 from tuner.errors import HpcTuneError
 from tuner.space import apply_values, set_path
 
@@ -87,7 +85,7 @@ class EdsnlpObjective:
     """Train the user's EDS-NLP config with the trial's values."""
 
     def __init__(self, config_path: Path, tuning: TuningSettings, phase: int = 1) -> None:
-        self.config = Config.from_yaml_str(Path(config_path).read_text(encoding="utf-8"))
+        self.config = parse_yaml_config(Path(config_path).read_text(encoding="utf-8"))
         self.tuning = tuning
         self.phase = phase
         self.train_s: float | None = None

@@ -26,6 +26,7 @@ from tuner.preflight_static import (
     check_validation_steps,
 )
 from tuner.space import Hyperparameter, apply_values, preflight_assignments
+from tuner.text import plural
 from tuner.training import format_path, metric_value, resolve_training, set_offline_environment
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def preflight(
     if problems:
         listed = "\n".join(f"  {number}. {text}" for number, text in enumerate(problems, 1))
         raise PreflightError(
-            f"Preflight found {len(problems)} problem(s) in {config_path}:\n{listed}"
+            f"Preflight found {plural(len(problems), 'problem')} in {config_path}:\n{listed}"
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ def problems_of(config: Any, **options: Any) -> list[str]:
     with pytest.raises(PreflightError) as caught:
         run_preflight(config, **options)
     lines = str(caught.value).splitlines()
-    assert "problem(s) in" in lines[0]
+    assert re.match(r"Preflight found (1 problem|([2-9]|\d{2,}) problems) in ", lines[0]), lines[0]
     return [line.strip() for line in lines[1:]]
 
 

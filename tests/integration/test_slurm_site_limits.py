@@ -85,7 +85,7 @@ def test_workers_above_max_array_size(
 
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"MaxArraySize is {max_array_size}" in result.stderr
-    assert f"Set hpc.workers (or --workers) to {max_array_size} or fewer" in result.stderr
+    assert f"Set hpc.workers to {max_array_size} or fewer" in result.stderr
     assert_nothing_submitted(tmp_path, name)
 
 
@@ -219,3 +219,51 @@ def test_check_node_runs_a_job(max_array_size: int, tmp_path: Path, database_url
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
     assert "accepted because HPC_TUNE_ALLOW_CPU=1" in allowed.stdout
     assert "Result:    OK" in allowed.stdout
+
+
+def test_gpus_above_node_gres(max_array_size: int, tmp_path: Path, database_url: str) -> None:
+    # The local cluster's only node has Gres=gpu:4 (scripts/local-slurm.sh).
+    name = sweep_name()
+    write_config(tmp_path, 4, sweep_name=name, slurm={"partition": "short", "gpus_per_task": 8})
+
+    result = run_hpc("sweep", "--config", "config.yml", "--storage", database_url, cwd=tmp_path)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert (
+        "hpc.slurm.gpus_per_task: 8 GPUs per worker, but the nodes of partition short have at "
+        "most 4 (gres/gpu=4; 'scontrol show node')"
+    ) in result.stderr
+    assert "Requested node configuration is not available" not in result.stderr
+    assert_nothing_submitted(tmp_path, name)
+
+
+def test_unknown_qos_rejected(max_array_size: int, tmp_path: Path, database_url: str) -> None:
+    name = sweep_name()
+    write_config(tmp_path, 4, sweep_name=name, slurm={"qos": "nosuchqos"})
+
+    result = run_hpc("sweep", "--config", "config.yml", "--storage", database_url, cwd=tmp_path)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "hpc.slurm.qos: 'nosuchqos' is not a QOS of this cluster" in result.stderr
+    assert "Known QOS: " in result.stderr
+    assert "normal" in result.stderr
+    assert_nothing_submitted(tmp_path, name)
+
+
+@pytest.mark.parametrize(
+    "python",
+    [["/no/such/python"], ["no-such-apptainer", "exec", "--nv", "/no/image.sif", "python"]],
+)
+def test_missing_slurm_python_rejected(
+    max_array_size: int, tmp_path: Path, database_url: str, python: list[str]
+) -> None:
+    name = sweep_name()
+    write_config(tmp_path, 4, sweep_name=name, slurm={"python": python})
+
+    result = run_hpc("sweep", "--config", "config.yml", "--storage", database_url, cwd=tmp_path)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"hpc.slurm.python: {python[0]!r} (the first word of {python})" in result.stderr
+    assert "check-node" in result.stderr
+    assert_nothing_submitted(tmp_path, name)
+    assert not (tmp_path / "checkpoint").exists()

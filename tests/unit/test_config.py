@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import pytest
+from confit import Config
 
 from tuner.config import load_config, parse_duration_s, parse_tuning
 from tuner.errors import ConfigError
@@ -115,3 +117,33 @@ def test_invalid_duration() -> None:
 def test_cfg_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unsupported config format"):
         load_config(write(tmp_path, "[tuning]\n", name="config.cfg"))
+
+
+def test_quoted_path_keys_load_without_warning(tmp_path: Path) -> None:
+    # confit warns "Some values may be malformed JSON objects" for plain scalars with quotes.
+    key = "optimizer.groups.'.*'.lr.warmup_rate"
+    text = (
+        "optimizer:\n  groups:\n    '.*':\n      lr:\n        warmup_rate: 0.1\n"
+        + BASE
+        + f"    {key}: {{type: float, low: 0.0, high: 0.3}}\n"
+    )
+    with pytest.warns(UserWarning, match="malformed JSON"):
+        Config.from_yaml_str(text)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = load_config(write(tmp_path, text))
+    assert [str(warning.message) for warning in caught] == []
+    assert key in loaded.config["tuning"]["hyperparameters"]
+
+
+def test_malformed_value_still_rejected(tmp_path: Path) -> None:
+    # confit keeps "[4" as a string without the warning, and the key's validation rejects it.
+    with pytest.raises(ConfigError, match="n_trials"):
+        load_config(write(tmp_path, BASE.replace("n_trials: 4", "n_trials: '[4'")))
+
+
+def test_warning_filter_restored(tmp_path: Path) -> None:
+    load_config(write(tmp_path, BASE))
+    with pytest.warns(UserWarning, match="malformed JSON"):
+        Config.from_yaml_str("key: a,'b'\n")

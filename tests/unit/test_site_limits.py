@@ -6,6 +6,8 @@ local test cluster, cut to the lines that matter.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +15,9 @@ import pytest
 from hpc.site_fit import (
     SiteLimitError,
     TimeLimit,
+    check_node_gpus,
+    check_python_command,
+    check_qos,
     fit_time_min,
     fit_workers,
     lowest_time_limit,
@@ -28,12 +33,14 @@ from hpc.site_limits import (
     job_qos,
     parse_duration_s,
     parse_max_array_size,
+    parse_node_gpus,
     parse_parsable_rows,
     parse_partitions,
     parse_tres_count,
     pick_association,
     qos_limit,
 )
+from hpc.slurm_settings import parse_slurm_section
 
 SCONTROL_CONFIG = """\
 Configuration data as of 2026-12-05T06:50:14
@@ -189,7 +196,8 @@ def test_array_above_max_array_size() -> None:
         fit_workers(102, 1, None, SiteLimits(max_array_size=101))
     message = str(caught.value)
     assert "MaxArraySize is 101" in message
-    assert "Set hpc.workers (or --workers) to 101 or fewer" in message
+    assert "Set hpc.workers to 101 or fewer" in message
+    assert "sweep command's --workers option overrides it" in message
     assert fit_workers(101, 1, None, SiteLimits(max_array_size=101)).workers == 101
 
 
@@ -283,3 +291,116 @@ def test_lowered_time_below_signal_lead() -> None:
 
     with pytest.raises(SiteLimitError, match="hpc.slurm.signal_lead_s=180"):
         fit_time_min(45, "hpc.slurm.time_min", False, limit, minimum_s=180)
+
+
+# `scontrol -o show node`, cut. vm is the local test cluster's node. cpu1 (no GPUs) and big
+# (8 GPUs of two types) are made up.
+NODES = (
+    "NodeName=vm Arch=x86_64 CoresPerSocket=16 CPUAlloc=0 Gres=gpu:4 NodeAddr=127.0.0.1 "
+    "State=IDLE Partitions=debug,low,high,short CfgTRES=cpu=16,mem=64G,billing=16,gres/gpu=4 "
+    "AllocTRES=\n"
+    "NodeName=cpu1 Gres=(null) State=IDLE Partitions=debug,cpu CfgTRES=cpu=64,mem=256G\n"
+    "NodeName=big Gres=gpu:a100:4,gpu:v100:4 Partitions=gpu "
+    "CfgTRES=cpu=64,mem=1T,gres/gpu=8,gres/gpu:a100=4,gres/gpu:v100=4\n"
+)
+
+
+def test_node_gpus_by_partition() -> None:
+    assert parse_node_gpus(NODES) == {
+        "debug": 4,
+        "low": 4,
+        "high": 4,
+        "short": 4,
+        "cpu": 0,
+        "gpu": 8,
+    }
+    assert parse_node_gpus("") == {}
+
+
+def node_limits() -> SiteLimits:
+    return SiteLimits(partitions=parse_partitions(PARTITIONS), node_gpus=parse_node_gpus(NODES))
+
+
+def test_gpus_above_largest_node() -> None:
+    with pytest.raises(SiteLimitError) as caught:
+        check_node_gpus(8, "short", node_limits())
+    message = str(caught.value)
+    assert message.startswith(
+        "hpc.slurm.gpus_per_task: 8 GPUs per worker, but the nodes of partition short have "
+        "at most 4 (gres/gpu=4; 'scontrol show node')"
+    )
+    assert "Set hpc.slurm.gpus_per_task to 4 or fewer" in message
+
+
+def test_gpus_above_default_partition_nodes() -> None:
+    with pytest.raises(SiteLimitError, match="nodes of partition debug have at most 4"):
+        check_node_gpus(5, None, node_limits())
+
+
+def test_gpus_on_partition_without_gpus() -> None:
+    with pytest.raises(SiteLimitError, match="nodes of partition cpu have no GPUs"):
+        check_node_gpus(1, "cpu", node_limits())
+
+
+def test_gpus_within_nodes_accepted() -> None:
+    check_node_gpus(4, "short", node_limits())
+    check_node_gpus(8, "gpu", node_limits())
+    check_node_gpus(0, "cpu", node_limits())
+    # An unknown partition or unread nodes are left to sbatch --test-only.
+    check_node_gpus(8, "nosuch", node_limits())
+    check_node_gpus(8, "short", SiteLimits())
+
+
+def test_unknown_qos_rejected() -> None:
+    limits = SiteLimits(qos_names=frozenset({"normal", "long"}))
+    with pytest.raises(SiteLimitError) as caught:
+        check_qos("nosuchqos", limits)
+    message = str(caught.value)
+    assert message.startswith("hpc.slurm.qos: 'nosuchqos' is not a QOS of this cluster")
+    assert "Known QOS: long, normal." in message
+
+
+def test_known_or_unread_qos_accepted() -> None:
+    check_qos("long", SiteLimits(qos_names=frozenset({"normal", "long"})))
+    check_qos(None, SiteLimits(qos_names=frozenset({"normal"})))
+    check_qos("nosuchqos", SiteLimits())
+
+
+def slurm_python(words: list[str]) -> Any:
+    return parse_slurm_section({"python": words})
+
+
+@pytest.mark.parametrize(
+    ("words", "where"),
+    [
+        (["/no/such/python"], "is not an executable file on this host"),
+        (["no-such-command-hpc-tune", "exec", "image.sif", "python"], "is not on this host's PATH"),
+    ],
+)
+def test_missing_python_command_rejected(words: list[str], where: str) -> None:
+    with pytest.raises(SiteLimitError) as caught:
+        check_python_command(slurm_python(words))
+    message = str(caught.value)
+    assert message.startswith(f"hpc.slurm.python: {words[0]!r} (the first word of {words}) {where}")
+    assert "check-node" in message
+
+
+def test_non_executable_python_rejected(tmp_path: Path) -> None:
+    script = tmp_path / "python"
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o644)
+    with pytest.raises(SiteLimitError, match="is not an executable file on this host"):
+        check_python_command(slurm_python([str(script)]))
+
+
+def test_existing_python_command_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    check_python_command(slurm_python([]))
+    check_python_command(slurm_python([sys.executable]))
+    check_python_command(slurm_python(["sh", "-c", "exec python3"]))
+    # A relative path is read from the current folder, the jobs' working folder.
+    (tmp_path / "bin").mkdir()
+    wrapper = tmp_path / "bin" / "python"
+    wrapper.write_text("#!/bin/sh\n")
+    wrapper.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    check_python_command(slurm_python(["bin/python"]))

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from hpc.cli import main
 from hpc.slurm_settings import (
     FinalizeSettings,
     SlurmSettings,
@@ -199,3 +200,26 @@ def test_time_limit_derived_from_gpu_hours() -> None:
     # Two GPUs per worker spend the budget twice as fast.
     assert derived_time_min(4.0, workers=4, gpus_per_task=2, signal_lead_s=180) == 60
     assert derived_time_min(0.01, workers=1, gpus_per_task=0, signal_lead_s=120) == 15
+
+
+def test_empty_python_means_default() -> None:
+    # README: `python: []` runs the jobs with the interpreter that runs hpc-tune.
+    assert parse_slurm_section({"python": []}).python == ()
+    assert parse_slurm_section({"python": []}) == SlurmSettings()
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf"])
+def test_check_node_timeout_must_be_positive(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["check-node", "--config", "missing.yml", "--timeout-s", value])
+    assert caught.value.code == 2
+    error = capsys.readouterr().err
+    assert f"--timeout-s: must be a positive number of seconds, got '{value}'" in error
+
+
+def test_check_node_timeout_must_be_a_number(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["check-node", "--config", "missing.yml", "--timeout-s", "ten"])
+    assert "--timeout-s: expected a number of seconds, got 'ten'" in capsys.readouterr().err
