@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from hpc import scheduler, slurm_executor, tables
+from hpc import scheduler, site_fit, slurm_executor, tables
 from hpc.claims import advisory_key, budget_left
 from hpc.coordinator import budget_of, write_final_report
 from hpc.hints import hpc_command
@@ -105,6 +105,7 @@ def _start_phase_two(sweep: Sweep, storage: Storage) -> bool:
     if plan.decision == STOP:
         logger.warning("The sweep ends after phase 1: %s.", plan.reason)
         return True
+    sweep = site_fit.fit_sweep(sweep)
     slurm_executor.render_scripts(sweep, Path((sweep.state or {})["working_dir"]))
     submission = slurm_executor.submit(sweep)
     logger.info(
@@ -132,6 +133,7 @@ def _resubmit_dead_workers(sweep: Sweep, storage: Storage, finished: int) -> boo
         )
         _report_if_possible(sweep, storage)
         return True
+    sweep = site_fit.fit_sweep(sweep)
     slurm_executor.render_scripts(sweep, Path(state["working_dir"]))
     submission = slurm_executor.submit(sweep)
     _record_resubmit(sweep, done + 1)
@@ -238,7 +240,9 @@ def resubmit(config_path: Path, storage_url: str | None) -> int:
             "login node of the cluster."
         )
     slurm_executor.reject_if_jobs_active(sweep)
-    slurm_executor.render_scripts(sweep, Path(sweep.state["working_dir"]))
+    working_dir = Path(sweep.state["working_dir"])
+    sweep = site_fit.fit_sweep(sweep)
+    slurm_executor.render_scripts(sweep, working_dir)
     slurm_executor.test_scripts(sweep)
     storage = open_storage(sweep, request, create=False)
     try:

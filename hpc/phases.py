@@ -79,6 +79,7 @@ def report_context(sweep: Sweep, storage: Storage, n_trials: int | None) -> Repo
         data=data_checksums(sweep.loaded.config, working_dir),
         train_command=train_command,
         seed_path=tuning.seed_path,
+        share_with_group=sweep.settings.share_with_group,
     )
 
 
