@@ -22,6 +22,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from tuner.space import Hyperparameter, user_values
+from tuner.text import plural
 
 PHASE_2 = "phase 2"
 ALL_IN_PHASE_2 = "phase 2 with every hyperparameter"
@@ -121,7 +122,7 @@ def plan_phase_two(
     usable = {name: importances[name] for name in tunable if name in importances}
     if len(complete) < 3 or not usable:
         why = (
-            f"only {len(complete)} complete trial(s)"
+            f"only {plural(len(complete), 'complete trial')}"
             if len(complete) < 3
             else "fANOVA could not rank the parameters (the metric may be equal on every trial)"
         )

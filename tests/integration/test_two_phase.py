@@ -127,7 +127,7 @@ def edge_config(**changes: object) -> dict:
             "no trial completed (trial states: PRUNED)",
             ["phase_1"],
         ),
-        (edge_config(n_trials=2), "only 1 complete trial(s)", ["phase_1", "phase_2"]),
+        (edge_config(n_trials=2), "only 1 complete trial", ["phase_1", "phase_2"]),
         (
             edge_config(synthetic={"weights": {"lr": 0, "depth": 0, "act": 0, "dropout": 0}}),
             "fANOVA could not rank the parameters",

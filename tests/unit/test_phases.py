@@ -51,7 +51,7 @@ IMPORTANCES = {"lr": 0.5, "dropout": 0.3, "depth": 0.1, "act": 0.1}
     [
         ([], {}, STOP, "no trial completed (trial states: none)"),
         ([trial(0, None, "FAIL"), trial(1, None, "PRUNED")], {}, STOP, "FAIL, PRUNED"),
-        ([trial(0, 0.5)], {}, ALL_IN_PHASE_2, "only 1 complete trial(s)"),
+        ([trial(0, 0.5)], {}, ALL_IN_PHASE_2, "only 1 complete trial"),
         ([trial(0, 0.5), trial(1, 0.6)], IMPORTANCES, ALL_IN_PHASE_2, "only 2 complete"),
         ([trial(n, 0.5) for n in range(5)], {}, ALL_IN_PHASE_2, "could not rank"),
         ([trial(n, n / 10) for n in range(5)], IMPORTANCES, PHASE_2, "the 2 most important of 4"),
