@@ -109,3 +109,37 @@ def _range(distribution: optuna.distributions.BaseDistribution) -> dict[str, obj
             "points": 1,
         }
     raise ValueError(f"Only float and int distributions are supported, got {distribution!r}")
+
+
+# Tables whose rows belong to one trial, emptied before the trials themselves.
+_TRIAL_TABLES = (
+    "trial_params",
+    "trial_values",
+    "trial_user_attributes",
+    "trial_system_attributes",
+    "trial_intermediate_values",
+    "trial_heartbeats",
+)
+
+
+def delete_trials(engine: sqlalchemy.Engine, study_name: str) -> None:
+    """Delete every trial of the study in one statement per table; leave the study itself.
+
+    `optuna.delete_study` deletes through the ORM, row by row: it took 80 s on a study of
+    20,000 trials. Call it after this function to delete the then empty study.
+    """
+    with engine.begin() as connection:
+        study_id = connection.execute(
+            text("SELECT study_id FROM studies WHERE study_name = :name"), {"name": study_name}
+        ).scalar_one_or_none()
+        if study_id is None:
+            return
+        for table in _TRIAL_TABLES:
+            connection.execute(
+                text(
+                    f"DELETE FROM {table} WHERE trial_id IN "
+                    "(SELECT trial_id FROM trials WHERE study_id = :id)"
+                ),
+                {"id": study_id},
+            )
+        connection.execute(text("DELETE FROM trials WHERE study_id = :id"), {"id": study_id})
