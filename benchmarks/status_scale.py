@@ -27,7 +27,7 @@ import optuna
 import sqlalchemy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bulk_study import add_finished_trials  # noqa: E402
+from bulk_study import add_finished_trials, delete_trials  # noqa: E402
 
 from hpc.status import collect_status  # noqa: E402
 from hpc.storage import create_engine, optuna_storage, user_schema  # noqa: E402
@@ -104,6 +104,8 @@ def main() -> None:
                 assert data["trials"]["finished"] == size, data["trials"]
                 rows.append((size, statements, statistics.median(times), command_s, insert_s))
         finally:
+            # Rows first, in bulk: Optuna deletes a study's trials one by one.
+            delete_trials(engine, sweep.study_name)
             optuna.delete_study(study_name=sweep.study_name, storage=rdb)
             engine.dispose()
             close_storage(storage)
