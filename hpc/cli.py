@@ -23,6 +23,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Trial outputs, logs and reports may hold patient text: private to the user by default.
     os.umask(0o077)
+    # A command started in the background by a script inherits SIGINT ignored, and Python
+    # then raises no KeyboardInterrupt: `hpc cancel` could not stop a local sweep, nor Ctrl-C
+    # end `status --watch`. The workers ignore SIGINT again themselves.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _configure_logging(args.verbose)
     try:
         return int(args.handler(args) or 0)
