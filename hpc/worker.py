@@ -248,11 +248,6 @@ class _Loop:
 
     def claim(self) -> Claim[tuple[optuna.Trial, dict[str, Any]]]:
         """Reap stale trials, then claim the next trial if the budget allows."""
-        # The storage operations share one connection (see hpc.db_bursts).
-        with held(self.rdb.engine):
-            return self._claim()
-
-    def _claim(self) -> Claim[tuple[optuna.Trial, dict[str, Any]]]:
         spec = self.spec
         self.db.call(
             lambda: reap_stale_trials(
@@ -275,7 +270,7 @@ class _Loop:
                     self.engine,
                     spec.study_name,
                     spec.budget,
-                    lambda: start_trial(self.study, spec, self.rdb, self.worker_id),
+                    self._start_trial,
                     may_start=self._may_start,
                 )
             except SpaceExhausted as exhausted:
@@ -283,6 +278,12 @@ class _Loop:
                 return Claim(None, str(exhausted), StudyCounts())
 
         return self.db.call(claim_once, "claim a trial")
+
+    def _start_trial(self) -> tuple[optuna.Trial, dict[str, Any]]:
+        # Under the claim's lock only: the storage operations of the new trial share one
+        # connection (see hpc.db_bursts), and no connection waits idle for the lock.
+        with held(self.rdb.engine):
+            return start_trial(self.study, self.spec, self.rdb, self.worker_id)
 
     def _may_start(self, counts: StudyCounts) -> str | None:
         reason = self.clock.check(counts)
