@@ -320,3 +320,57 @@ def sbatch_all_cpus(partition: str, output: Path, seconds: int) -> str:
             f"--wrap=sleep {seconds}",
         ]
     ).stdout.strip()
+
+
+def statements_of(call: Any) -> tuple[list[str], Any]:
+    """Run `call` and return the SQL statements every engine executed, with its result."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(" ".join(statement.split()))
+
+    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", record)
+    try:
+        result = call()
+    finally:
+        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "before_cursor_execute", record)
+    return seen, result
+
+
+def statements_at_200_and_2000(
+    folder: Path, url: str, call: Any
+) -> tuple[tuple[list[str], Any], tuple[list[str], Any]]:
+    """Run `call(sweep, storage)` on a sweep of 200, then 2,000 trials; return both statements.
+
+    A local sweep of one synthetic trial in `folder` creates the study; the other trials are
+    added by bulk insert (80 % complete, 10 % pruned, 10 % failed). The caller has changed
+    into `folder`.
+    """
+    if str(REPO / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(REPO / "benchmarks"))
+    from bulk_study import add_finished_trials
+
+    from hpc.storage import create_engine, optuna_storage, user_schema
+    from hpc.sweep import SweepRequest, close_storage, load_started_sweep, open_storage
+
+    write_config(folder, n_trials=1, executor="local", synthetic={"duration_s": 0.1})
+    result = run_hpc("sweep", "--config", "config.yml", "--storage", url, cwd=folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    request = SweepRequest(config_path=Path("config.yml"), storage=url)
+    sweep = load_started_sweep(request)
+    storage = open_storage(sweep, request, create=False)
+    engine = create_engine(url, user_schema())
+    study = optuna.load_study(
+        study_name=sweep.study_name,
+        storage=optuna_storage(url, user_schema(), create_tables=False),
+    )
+    distributions = study.trials[0].distributions
+    try:
+        add_finished_trials(engine, sweep.study_name, 199, distributions)
+        small = statements_of(lambda: call(sweep, storage))
+        add_finished_trials(engine, sweep.study_name, 1800, distributions)
+        large = statements_of(lambda: call(sweep, storage))
+    finally:
+        engine.dispose()
+        close_storage(storage)
+    return small, large

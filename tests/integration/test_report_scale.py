@@ -4,22 +4,13 @@ the caps that keep its plots small."""
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
-from typing import Any
 
-import optuna
 import pytest
-import sqlalchemy
-from sweep_helpers import REPO, run_hpc, write_config
+from sweep_helpers import statements_at_200_and_2000
 
 import tuner.report
 from hpc.coordinator import write_final_report
-from hpc.storage import create_engine, optuna_storage, user_schema
-from hpc.sweep import SweepRequest, close_storage, load_started_sweep, open_storage
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-from bulk_study import add_finished_trials  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -33,29 +24,12 @@ HTML_LIMIT_BYTES = 1_000_000
 def test_report_statements_do_not_grow_with_trials(
     tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write_config(tmp_path, n_trials=1, executor="local", synthetic={"duration_s": 0.1})
-    result = run_hpc("sweep", "--config", "config.yml", "--storage", database_url, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
     monkeypatch.chdir(tmp_path)
     # A cap below 1,600 complete trials, so the 2,000-trial report thins its history plot.
     monkeypatch.setattr(tuner.report, "HISTORY_MAX_TRIALS", 1000)
-    request = SweepRequest(config_path=Path("config.yml"), storage=database_url)
-    sweep = load_started_sweep(request)
-    storage = open_storage(sweep, request, create=False)
-    engine = create_engine(database_url, user_schema())
-    study = optuna.load_study(
-        study_name=sweep.study_name,
-        storage=optuna_storage(database_url, user_schema(), create_tables=False),
+    (small, _), (large, report_dir) = statements_at_200_and_2000(
+        tmp_path, database_url, write_final_report
     )
-    distributions = study.trials[0].distributions
-    try:
-        add_finished_trials(engine, sweep.study_name, 199, distributions)
-        small, _ = _statements(lambda: write_final_report(sweep, storage))
-        add_finished_trials(engine, sweep.study_name, 1800, distributions)
-        large, report_dir = _statements(lambda: write_final_report(sweep, storage))
-    finally:
-        engine.dispose()
-        close_storage(storage)
 
     small_batches = [statement for statement in small if BATCH_LOAD.search(statement)]
     large_batches = [statement for statement in large if BATCH_LOAD.search(statement)]
@@ -79,17 +53,3 @@ def test_report_statements_do_not_grow_with_trials(
         f"report issued {len(large)} SQL statements at 2,000 trials, {len(large_batches)} of "
         f"them batches of Optuna's trial load; largest HTML file {max(sizes.values())} bytes"
     )
-
-
-def _statements(call: Any) -> tuple[list[str], Any]:
-    seen: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(" ".join(statement.split()))
-
-    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", record)
-    try:
-        result = call()
-    finally:
-        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "before_cursor_execute", record)
-    return seen, result

@@ -13,15 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import optuna
 import pytest
-import sqlalchemy
 from sweep_helpers import (
     REPO,
     run_hpc,
     sbatch_all_cpus,
     skip_without_slurm,
     start_sweep,
+    statements_at_200_and_2000,
     wait_for_jobs,
     wait_for_running_trial,
     wait_for_sweep_jobs,
@@ -31,11 +30,6 @@ from sweep_helpers import (
 
 from hpc import scheduler
 from hpc.status import collect_status
-from hpc.storage import create_engine, optuna_storage, user_schema
-from hpc.sweep import SweepRequest, close_storage, load_started_sweep, open_storage
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-from bulk_study import add_finished_trials  # noqa: E402
 
 pytestmark = pytest.mark.integration
 SCHEMA = json.loads((REPO / "docs" / "status.schema.json").read_text())
@@ -245,27 +239,10 @@ def _wait_for(folder: Path, condition: Any, what: str, timeout_s: float = 60) ->
 def test_status_statements_do_not_grow_with_trials(
     tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    write_config(tmp_path, n_trials=1, executor="local", synthetic={"duration_s": 0.1})
-    result = run_hpc("sweep", "--config", "config.yml", "--storage", database_url, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
     monkeypatch.chdir(tmp_path)
-    request = SweepRequest(config_path=Path("config.yml"), storage=database_url)
-    sweep = load_started_sweep(request)
-    storage = open_storage(sweep, request, create=False)
-    engine = create_engine(database_url, user_schema())
-    study = optuna.load_study(
-        study_name=sweep.study_name,
-        storage=optuna_storage(database_url, user_schema(), create_tables=False),
+    (small, small_data), (large, large_data) = statements_at_200_and_2000(
+        tmp_path, database_url, collect_status
     )
-    distributions = study.trials[0].distributions
-    try:
-        add_finished_trials(engine, sweep.study_name, 199, distributions)
-        small, small_data = _statements(lambda: collect_status(sweep, storage))
-        add_finished_trials(engine, sweep.study_name, 1800, distributions)
-        large, large_data = _statements(lambda: collect_status(sweep, storage))
-    finally:
-        engine.dispose()
-        close_storage(storage)
 
     # The inserted trials are 80 % complete, 10 % pruned and 10 % failed.
     counts = ("complete", "pruned", "failed", "finished")
@@ -276,17 +253,3 @@ def test_status_statements_do_not_grow_with_trials(
     assert len(small) == len(large), (small, large)
     assert len(large) <= 40, large
     print(f"status issued {len(large)} SQL statements at 200 and at 2,000 trials")
-
-
-def _statements(call: Any) -> tuple[list[str], Any]:
-    seen: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(statement)
-
-    sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", record)
-    try:
-        result = call()
-    finally:
-        sqlalchemy.event.remove(sqlalchemy.engine.Engine, "before_cursor_execute", record)
-    return seen, result
