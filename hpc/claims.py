@@ -203,14 +203,14 @@ def claim(
     pause_s = LOCK_RETRY_FIRST_S
     while True:
         with engine.begin() as connection:
-            # Stopping needs no lock: the locked check would decide on the same counts. So
-            # the workers of a spent phase exit without queueing for the lock.
+            if _try_lock(connection, study_name):
+                return _claim_locked(connection, study_name, budget, start_trial, may_start)
+            # Stopping needs no lock, because the locked check would decide on the same
+            # counts. So the workers of a spent phase exit instead of waiting for the lock.
             counts = count_trials(connection, study_name)
             reason = budget_left(counts, budget)
             if reason is not None:
                 return Claim(None, reason, counts)
-            if _try_lock(connection, study_name):
-                return _claim_locked(connection, study_name, budget, start_trial, may_start)
         time.sleep(random.uniform(0.5, 1.5) * pause_s)
         pause_s = min(2 * pause_s, LOCK_RETRY_MAX_S)
 
