@@ -39,7 +39,7 @@ from scheduling import (  # noqa: E402
     synthetic_config,
 )
 
-# What PostgreSQL and psycopg2 say when the server has no connection slot left.
+# Error messages of PostgreSQL and psycopg2 when the server has no connection slot left.
 SLOT_ERRORS = re.compile(r"too many clients|remaining connection slots|connection slots are")
 
 

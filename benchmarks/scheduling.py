@@ -197,7 +197,7 @@ def last_worker_end(url: str, sweep_name: str) -> float:
 def synthetic_config(
     name: str, workers: int, target: int, synthetic: dict[str, Any]
 ) -> dict[str, Any]:
-    """A local sweep of `target` synthetic trials on the parameters of PARAMS."""
+    """Build the config of a local sweep of `target` synthetic trials on PARAMS."""
     return {
         "model": {parameter: 0.5 for parameter in PARAMS},
         "tuning": {
@@ -309,10 +309,10 @@ def _run_batch(
 class ConnectionMonitor:
     """Sample the connections to the benchmark's database every 0.2 s.
 
-    `peak` is the most connections seen at once, `peak_idle` the most of them idle for over a
-    second (kept open between operations, as a pool does; one being closed after its last
-    statement is idle for milliseconds), and `at_peak` the states of the connections at the
-    peak.
+    `peak` is the maximum number of connections seen at once. `peak_idle` is the maximum of
+    those idle for over a second, as a pool keeps them between operations; a connection being
+    closed after its last statement is idle for milliseconds only. `at_peak` counts the
+    states of the connections at the peak.
     """
 
     def __init__(self, url: str) -> None:

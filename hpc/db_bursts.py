@@ -30,7 +30,7 @@ class _Bursts:
     def __init__(self, engine: sqlalchemy.Engine) -> None:
         self.engine = engine
         self.depth = 0
-        # Whether the pool holds an open connection returned during a burst.
+        # Whether the pool contains an open connection returned during a burst.
         self.kept = False
         self.lock = threading.Lock()
         event.listen(engine, "checkin", self._on_checkin)

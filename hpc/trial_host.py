@@ -83,11 +83,10 @@ class TrialHost:
         """Start the host process, which prepares the plug-in while the worker goes on.
 
         A worker that runs no other thread yet (its first launch, before any heartbeat)
-        forks the host: the host then shares the modules the worker already imported
-        instead of starting a new interpreter, which took a CPU-third of a second per
-        worker and several seconds when 16 workers start together on a small node. A host
-        started again during a trial, while the heartbeat thread may hold a lock, is
-        spawned.
+        forks the host, which then shares the modules the worker already imported. A new
+        interpreter cost about 0.3 CPU-seconds per worker, several seconds of wall time when
+        16 workers start together on 2 cores. A host started again during a trial is spawned,
+        because the heartbeat thread may then own a lock that a fork would copy.
         """
         context: Any = multiprocessing.get_context(
             "fork" if threading.active_count() == 1 else "spawn"

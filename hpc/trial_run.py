@@ -215,7 +215,7 @@ _OUTSIDE_BEST_SQL = sqlalchemy.text(
 def _keep_best_models(rdb: RDBStorage, spec: WorkerSpec, number: int, complete: bool) -> None:
     """Delete saved models of all trials but the `keep_models` best complete ones.
 
-    A trial that did not complete deletes its own model. A complete trial asks the database
+    A trial that did not complete deletes its own model. A complete trial queries the database
     for the numbers of the complete trials outside the best `keep_models` (studies maximize)
     and deletes their models: pruned and failed trials were handled when they ended. Only
     numbers are read, so the cost stays small on a study of thousands of trials.

@@ -108,7 +108,7 @@ def test_sweep_keeps_no_idle_connection(tmp_path: Path, database_url: str) -> No
 
 
 def _own_connections(url: str) -> int:
-    """Count the connections this test process still holds after up to a second.
+    """Count the connections this test process still has open after up to a second.
 
     A closed connection's server process leaves pg_stat_activity a moment after the close.
     """
